@@ -1,0 +1,1 @@
+//! segmesh-coordinator: identities, policy and netmap distribution.

@@ -1,0 +1,3 @@
+//! segmesh-node: the data plane.
+
+pub mod status;
