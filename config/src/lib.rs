@@ -3,6 +3,9 @@
 //! Identities, port sets, the netmap wire format, the policy language and its
 //! compiler. Pure code: no IO beyond reading the files it is asked to parse.
 
+#[cfg(feature = "client")]
+pub mod client;
+pub mod control;
 pub mod identity;
 pub mod netmap;
 pub mod ports;
