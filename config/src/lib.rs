@@ -5,13 +5,17 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod compile;
 pub mod control;
+pub mod explain;
 pub mod identity;
 pub mod netmap;
+pub mod policy;
 pub mod ports;
 
 pub use identity::{IdentityError, Labels, NodeName, PublicKey};
 pub use netmap::{NETMAP_FORMAT, NetMap, NetMapError, Peer, SelfNode};
+pub use policy::{Policy, PolicyError, PolicyErrors};
 pub use ports::{PortError, PortSet, PortSpec, Proto};
 pub mod inventory;
 
