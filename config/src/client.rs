@@ -47,8 +47,14 @@ pub enum ClientError {
 }
 
 /// The pinned CA was not found in the coordinator's certificate chain.
-#[derive(Debug)]
+/// (rustls prints the `Debug` form, so both forms carry the message.)
 struct PinMismatch;
+
+impl std::fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
 
 impl std::fmt::Display for PinMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -36,16 +36,28 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock fixed at a unix time whose instant still advances (tests).
-#[derive(Debug, Clone, Copy)]
-pub struct FixedUnixClock(pub UnixTime);
+/// A clock whose unix time is set by hand while its instant stays real
+/// (tests: token expiry without sleeping).
+#[derive(Debug, Default)]
+pub struct ManualUnixClock(pub std::sync::atomic::AtomicI64);
 
-impl Clock for FixedUnixClock {
+impl ManualUnixClock {
+    pub fn new(unix: UnixTime) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(unix))
+    }
+
+    /// Moves the wall clock forward.
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualUnixClock {
     #[allow(clippy::disallowed_methods)] // latency measurement stays real
     fn now(&self) -> Now {
         Now {
             instant: Instant::now(),
-            unix: self.0,
+            unix: self.0.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 }
