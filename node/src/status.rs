@@ -155,3 +155,11 @@ pub struct FlowRecord {
     /// `allowed` for admitted flows, else a [`DropReason`] name.
     pub reason: String,
 }
+
+/// Where the status servers (`status` control socket, read-only WireGuard
+/// UAPI) get a fresh snapshot from. The driver implements it over the shared
+/// core, so the servers never touch the core's lock or its types directly.
+pub trait StatusSource: Send + Sync {
+    /// A consistent snapshot of the node, with wall-clock times filled in.
+    fn status(&self) -> NodeStatus;
+}
