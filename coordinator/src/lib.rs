@@ -1,1 +1,3 @@
 //! segmesh-coordinator: identities, policy and netmap distribution.
+
+pub mod store;

@@ -1,0 +1,585 @@
+//! [`Store`] on SQLite: WAL, migrations at open, one transaction per method.
+//!
+//! Write transactions start with `BEGIN IMMEDIATE`, so two writers queue on
+//! SQLite's write lock (with a busy timeout) instead of failing when a read
+//! transaction tries to upgrade.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use segmesh_config::{Labels, NodeName};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
+
+use super::alloc::{next_v4, next_v6};
+use super::{
+    AuditEntry, CertSigner, Change, EnrollRequest, IssuedCert, NewToken, NodeRecord, PolicyRecord,
+    Prefixes, Store, StoreError, TokenRecord, TokenRefusal, UnixTime,
+};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+/// The SQLite store. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file and runs migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged admin change survives power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(v, d, sql)| {
+                Migration::new(
+                    *v,
+                    (*d).into(),
+                    MigrationType::Simple,
+                    (*sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations).run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn parse<T: FromStr>(row: &SqliteRow, col: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: String = row.try_get(col)?;
+    s.parse().map_err(|e| corrupt(col, e))
+}
+
+fn json<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T, StoreError> {
+    let s: String = row.try_get(col)?;
+    serde_json::from_str(&s).map_err(|e| corrupt(col, e))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn u64_col(row: &SqliteRow, col: &str) -> Result<u64, StoreError> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|e| corrupt(col, e))
+}
+
+fn node_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
+    Ok(NodeRecord {
+        id: row.try_get("id")?,
+        name: parse(row, "name")?,
+        labels: json(row, "labels")?,
+        public_key: parse(row, "public_key")?,
+        addr_v4: parse(row, "addr_v4")?,
+        addr_v6: parse(row, "addr_v6")?,
+        endpoints: json(row, "endpoints")?,
+        cert_serial: row.try_get("cert_serial")?,
+        revoked: row.try_get("revoked")?,
+        created_at: row.try_get("created_at")?,
+        netmap_version: u64_col(row, "netmap_version")?,
+        acked_version: u64_col(row, "acked_version")?,
+        acked_at: row.try_get("acked_at")?,
+    })
+}
+
+fn token_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+    let count = |c: &str| -> Result<u32, StoreError> {
+        let v: i64 = row.try_get(c)?;
+        u32::try_from(v).map_err(|e| corrupt(c, e))
+    };
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        name_prefix: row.try_get("name_prefix")?,
+        labels: json(row, "labels")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        uses_total: count("uses_total")?,
+        uses_left: count("uses_left")?,
+        revoked: row.try_get("revoked")?,
+        created_by: row.try_get("created_by")?,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn audit_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    action: &str,
+    details: &serde_json::Value,
+    change: &Change,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit_log (at, actor, action, details) VALUES (?, ?, ?, ?)")
+        .bind(change.at)
+        .bind(&change.actor)
+        .bind(action)
+        .bind(details.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn node_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    name: &NodeName,
+) -> Result<NodeRecord, StoreError> {
+    let row = sqlx::query("SELECT * FROM nodes WHERE name = ?")
+        .bind(name.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("node {name}")))?;
+    node_row(&row)
+}
+
+/// Picks the node's name: the requested one (which must carry the token's
+/// prefix) or `<prefix>-<n>` with the lowest free `n`.
+async fn choose_name(
+    tx: &mut Transaction<'static, Sqlite>,
+    requested: Option<&NodeName>,
+    prefix: Option<&str>,
+) -> Result<NodeName, StoreError> {
+    let taken: BTreeSet<String> = sqlx::query("SELECT name FROM nodes")
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>("name"))
+        .collect::<Result<_, _>>()?;
+    match (requested, prefix) {
+        (Some(name), Some(p)) if !name.as_str().starts_with(p) => Err(StoreError::Invalid(
+            format!("this token only enrolls names starting with {p:?}, not {name}"),
+        )),
+        (Some(name), _) if taken.contains(name.as_str()) => Err(StoreError::Conflict(format!(
+            "a node named {name} is already enrolled"
+        ))),
+        (Some(name), _) => Ok(name.clone()),
+        (None, Some(p)) => (1..)
+            .map(|n| format!("{p}-{n}"))
+            .find(|n| !taken.contains(n))
+            .ok_or_else(|| StoreError::Invalid("no free name".into()))
+            .and_then(|n| NodeName::new(n).map_err(|e| StoreError::Invalid(e.to_string()))),
+        (None, None) => Err(StoreError::Invalid(
+            "this token has no name prefix: give the node a name (--name)".into(),
+        )),
+    }
+}
+
+async fn allocate(
+    tx: &mut Transaction<'static, Sqlite>,
+    prefixes: &Prefixes,
+) -> Result<(Ipv4Addr, Ipv6Addr), StoreError> {
+    let rows = sqlx::query("SELECT addr_v4, addr_v6 FROM nodes")
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut v4 = BTreeSet::new();
+    let mut v6 = BTreeSet::new();
+    for r in &rows {
+        v4.insert(parse::<Ipv4Addr>(r, "addr_v4")?);
+        v6.insert(parse::<Ipv6Addr>(r, "addr_v6")?);
+    }
+    let a4 = next_v4(prefixes.v4, &v4).ok_or(StoreError::Exhausted(prefixes.v4.to_string()))?;
+    let a6 = next_v6(prefixes.v6, &v6).ok_or(StoreError::Exhausted(prefixes.v6.to_string()))?;
+    Ok((a4, a6))
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_token(
+        &self,
+        new: NewToken,
+        change: &Change,
+    ) -> Result<TokenRecord, StoreError> {
+        let mut tx = self.write().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO tokens (secret_sha256, name_prefix, labels, created_at, expires_at, \
+             uses_total, uses_left, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(hex(&new.secret_sha256))
+        .bind(&new.name_prefix)
+        .bind(to_json(&new.labels))
+        .bind(change.at)
+        .bind(new.expires_at)
+        .bind(i64::from(new.uses))
+        .bind(i64::from(new.uses))
+        .bind(&change.actor)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        let details = serde_json::json!({
+            "token": id, "labels": new.labels, "name_prefix": new.name_prefix,
+            "expires_at": new.expires_at, "uses": new.uses,
+        });
+        audit_tx(&mut tx, "token.create", &details, change).await?;
+        let row = sqlx::query("SELECT * FROM tokens WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let rec = token_row(&row)?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        sqlx::query("SELECT * FROM tokens ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(token_row)
+            .collect()
+    }
+
+    async fn revoke_token(&self, id: i64, change: &Change) -> Result<TokenRecord, StoreError> {
+        let mut tx = self.write().await?;
+        let row = sqlx::query("UPDATE tokens SET revoked = 1 WHERE id = ? RETURNING *")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+        audit_tx(
+            &mut tx,
+            "token.revoke",
+            &serde_json::json!({ "token": id }),
+            change,
+        )
+        .await?;
+        let rec = token_row(&row)?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    async fn enroll(
+        &self,
+        req: &EnrollRequest,
+        prefixes: &Prefixes,
+        sign: CertSigner<'_>,
+        at: UnixTime,
+    ) -> Result<(NodeRecord, IssuedCert), StoreError> {
+        let mut tx = self.write().await?;
+        let token = sqlx::query("SELECT * FROM tokens WHERE secret_sha256 = ?")
+            .bind(hex(&req.secret_sha256))
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::Token(TokenRefusal::Unknown))?;
+        let token = token_row(&token)?;
+        if token.revoked {
+            return Err(StoreError::Token(TokenRefusal::Revoked));
+        }
+        if token.expires_at <= at {
+            return Err(StoreError::Token(TokenRefusal::Expired));
+        }
+        if token.uses_left == 0 {
+            return Err(StoreError::Token(TokenRefusal::UsedUp));
+        }
+        let key_taken = sqlx::query("SELECT 1 FROM nodes WHERE public_key = ?")
+            .bind(req.public_key.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if key_taken.is_some() {
+            return Err(StoreError::Conflict(
+                "this WireGuard public key is already enrolled".into(),
+            ));
+        }
+        let name = choose_name(&mut tx, req.name.as_ref(), token.name_prefix.as_deref()).await?;
+        let (a4, a6) = allocate(&mut tx, prefixes).await?;
+        let cert = sign(&name).map_err(StoreError::Sign)?;
+        sqlx::query(
+            "INSERT INTO nodes (name, labels, public_key, addr_v4, addr_v6, endpoints, \
+             cert_serial, token_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(name.as_str())
+        .bind(to_json(&token.labels))
+        .bind(req.public_key.to_string())
+        .bind(a4.to_string())
+        .bind(a6.to_string())
+        .bind(to_json(&req.endpoints))
+        .bind(&cert.serial_hex)
+        .bind(token.id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?")
+            .bind(token.id)
+            .execute(&mut *tx)
+            .await?;
+        let details = serde_json::json!({
+            "node": name, "token": token.id, "labels": token.labels,
+            "addresses": [a4.to_string(), a6.to_string()], "public_key": req.public_key,
+        });
+        let change = Change::new(format!("token:{}", token.id), at);
+        audit_tx(&mut tx, "node.enroll", &details, &change).await?;
+        let node = node_tx(&mut tx, &name).await?;
+        tx.commit().await?;
+        Ok((node, cert))
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        sqlx::query("SELECT * FROM nodes ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(node_row)
+            .collect()
+    }
+
+    async fn node(&self, name: &NodeName) -> Result<Option<NodeRecord>, StoreError> {
+        sqlx::query("SELECT * FROM nodes WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(node_row)
+            .transpose()
+    }
+
+    async fn label_node(
+        &self,
+        name: &NodeName,
+        set: &Labels,
+        remove: &[String],
+        change: &Change,
+    ) -> Result<NodeRecord, StoreError> {
+        let mut tx = self.write().await?;
+        let node = node_tx(&mut tx, name).await?;
+        let before = node.labels.clone();
+        let mut labels = node.labels;
+        for k in remove {
+            labels.remove(k);
+        }
+        labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        sqlx::query("UPDATE nodes SET labels = ? WHERE id = ?")
+            .bind(to_json(&labels))
+            .bind(node.id)
+            .execute(&mut *tx)
+            .await?;
+        let details = serde_json::json!({ "node": name, "before": before, "after": labels });
+        audit_tx(&mut tx, "node.label", &details, change).await?;
+        let node = node_tx(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    async fn revoke_node(
+        &self,
+        name: &NodeName,
+        change: &Change,
+    ) -> Result<NodeRecord, StoreError> {
+        let mut tx = self.write().await?;
+        let node = node_tx(&mut tx, name).await?;
+        sqlx::query("UPDATE nodes SET revoked = 1 WHERE id = ?")
+            .bind(node.id)
+            .execute(&mut *tx)
+            .await?;
+        let details = serde_json::json!({ "node": name, "public_key": node.public_key });
+        audit_tx(&mut tx, "node.revoke", &details, change).await?;
+        let node = node_tx(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    async fn set_endpoints(
+        &self,
+        name: &NodeName,
+        endpoints: &[SocketAddr],
+    ) -> Result<bool, StoreError> {
+        let res = sqlx::query("UPDATE nodes SET endpoints = ? WHERE name = ? AND endpoints != ?")
+            .bind(to_json(&endpoints))
+            .bind(name.as_str())
+            .bind(to_json(&endpoints))
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn policy(&self) -> Result<Option<PolicyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM policy ORDER BY version DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(PolicyRecord {
+                version: u64_col(&r, "version")?,
+                text: r.try_get("text")?,
+                applied_at: r.try_get("applied_at")?,
+                applied_by: r.try_get("applied_by")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn apply_policy(
+        &self,
+        text: &str,
+        details: serde_json::Value,
+        change: &Change,
+    ) -> Result<PolicyRecord, StoreError> {
+        let mut tx = self.write().await?;
+        let version: i64 = sqlx::query(
+            "INSERT INTO policy (version, text, applied_at, applied_by) \
+             SELECT COALESCE(MAX(version), 0) + 1, ?, ?, ? FROM policy RETURNING version",
+        )
+        .bind(text)
+        .bind(change.at)
+        .bind(&change.actor)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("version")?;
+        let mut details = details;
+        if let Some(obj) = details.as_object_mut() {
+            obj.insert("policy_version".into(), version.into());
+        }
+        audit_tx(&mut tx, "policy.apply", &details, change).await?;
+        tx.commit().await?;
+        Ok(PolicyRecord {
+            version: u64::try_from(version).map_err(|e| corrupt("version", e))?,
+            text: text.to_string(),
+            applied_at: change.at,
+            applied_by: change.actor.clone(),
+        })
+    }
+
+    async fn record_netmap(
+        &self,
+        node_id: i64,
+        version: u64,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let v = i64::try_from(version).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut tx = self.write().await?;
+        let res =
+            sqlx::query("UPDATE nodes SET netmap_version = ? WHERE id = ? AND netmap_version < ?")
+                .bind(v)
+                .bind(node_id)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "netmap version {version} for node {node_id} is not newer than the last one"
+            )));
+        }
+        sqlx::query("INSERT INTO netmaps (node_id, version, body) VALUES (?, ?, ?)")
+            .bind(node_id)
+            .bind(v)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ack_netmap(&self, node_id: i64, version: u64, at: UnixTime) -> Result<(), StoreError> {
+        let v = i64::try_from(version).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut tx = self.write().await?;
+        let res = sqlx::query(
+            "UPDATE nodes SET acked_version = ?, acked_at = ? \
+             WHERE id = ? AND acked_version <= ? AND netmap_version >= ?",
+        )
+        .bind(v)
+        .bind(at)
+        .bind(node_id)
+        .bind(v)
+        .bind(v)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::Invalid(format!(
+                "version {version} was never sent or is older than the last ack"
+            )));
+        }
+        sqlx::query("DELETE FROM netmaps WHERE node_id = ? AND version < ?")
+            .bind(node_id)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn latest_netmap(&self, node_id: i64) -> Result<Option<(u64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, body FROM netmaps WHERE node_id = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(node_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((u64_col(&r, "version")?, r.try_get("body")?)))
+            .transpose()
+    }
+
+    async fn acked_netmap(&self, node_id: i64) -> Result<Option<(u64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.version, m.body FROM netmaps m JOIN nodes n ON n.id = m.node_id \
+             WHERE m.node_id = ? AND m.version = n.acked_version",
+        )
+        .bind(node_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((u64_col(&r, "version")?, r.try_get("body")?)))
+            .transpose()
+    }
+
+    async fn audit(
+        &self,
+        action: &str,
+        details: serde_json::Value,
+        change: &Change,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        audit_tx(&mut tx, action, &details, change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM audit_log ORDER BY id DESC LIMIT ?) ORDER BY id",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    details: json(r, "details")?,
+                })
+            })
+            .collect()
+    }
+}
