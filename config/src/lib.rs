@@ -3,12 +3,16 @@
 //! Identities, port sets, the netmap wire format, the policy language and its
 //! compiler. Pure code: no IO beyond reading the files it is asked to parse.
 
+pub mod compile;
+pub mod explain;
 pub mod identity;
 pub mod netmap;
+pub mod policy;
 pub mod ports;
 
 pub use identity::{IdentityError, Labels, NodeName, PublicKey};
 pub use netmap::{NETMAP_FORMAT, NetMap, NetMapError, Peer, SelfNode};
+pub use policy::{Policy, PolicyError, PolicyErrors};
 pub use ports::{PortError, PortSet, PortSpec, Proto};
 pub mod inventory;
 

@@ -7,8 +7,13 @@
 
 pub mod core;
 pub mod craft;
+pub mod ctlsock;
 pub mod filter;
+pub mod flowlog;
 pub mod packet;
 pub mod peers;
 pub mod status;
+pub mod status_fmt;
 pub mod tunn;
+pub mod uapi;
+pub mod unixsock;
