@@ -17,3 +17,4 @@ pub mod status_fmt;
 pub mod tunn;
 pub mod uapi;
 pub mod unixsock;
+pub mod control;
