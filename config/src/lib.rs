@@ -3,7 +3,10 @@
 //! Identities, port sets, the netmap wire format, the policy language and its
 //! compiler. Pure code: no IO beyond reading the files it is asked to parse.
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod compile;
+pub mod control;
 pub mod explain;
 pub mod files;
 pub mod identity;
