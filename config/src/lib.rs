@@ -4,7 +4,10 @@
 //! compiler. Pure code: no IO beyond reading the files it is asked to parse.
 
 pub mod audit;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod compile;
+pub mod control;
 pub mod diff;
 pub mod explain;
 pub mod graph;
