@@ -4,6 +4,7 @@ pub mod api;
 pub mod ca;
 pub mod clock;
 pub mod config;
+pub mod ctl;
 pub mod distribute;
 pub mod metrics;
 pub mod server;
