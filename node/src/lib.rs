@@ -6,6 +6,7 @@
 //! socket.
 
 pub mod cli;
+pub mod control;
 pub mod core;
 pub mod craft;
 pub mod ctlsock;
@@ -19,4 +20,3 @@ pub mod status_fmt;
 pub mod tunn;
 pub mod uapi;
 pub mod unixsock;
-pub mod control;

@@ -56,8 +56,8 @@ fn load_file(explicit: Option<&Path>) -> anyhow::Result<CtlFile> {
             None => return Ok(CtlFile::default()),
         },
     };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
             "{}:{}",

@@ -12,15 +12,20 @@ use crate::api::admin::{ApplyReport, AuditReport};
 
 /// Sends a policy file; the coordinator runs its tests first.
 pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool, json: bool) -> anyhow::Result<bool> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let live = Live::connect(conn)?;
     let body = json!({ "text": text, "path": file.display().to_string(), "dry_run": dry_run });
-    let r: ApplyReport = block_on(async move { live.call("POST", "/v1/admin/policy", Some(&body)).await })??;
+    let r: ApplyReport =
+        block_on(async move { live.call("POST", "/v1/admin/policy", Some(&body)).await })??;
     if json {
         print_json(&r)?;
         return Ok(true);
     }
-    println!("{} test(s) passed against the live inventory", r.tests.len());
+    println!(
+        "{} test(s) passed against the live inventory",
+        r.tests.len()
+    );
     if r.diff.is_empty() {
         println!("no netmap changes");
     }
@@ -38,23 +43,51 @@ pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool, json: bool) -> anyhow:
         println!("  {node}: {}", parts.join(" "));
     }
     match r.version {
-        Some(v) if r.applied => println!("applied as policy version {v}; pushed to {} node(s)", r.pushed),
+        Some(v) if r.applied => println!(
+            "applied as policy version {v}; pushed to {} node(s)",
+            r.pushed
+        ),
         _ => println!("dry run: nothing applied"),
     }
     Ok(true)
 }
 
 /// Explains one flow with the live inventory and policy.
-pub fn explain(conn: &ConnArgs, from: &str, to: &str, port: &str, json: bool) -> anyhow::Result<bool> {
+pub fn explain(
+    conn: &ConnArgs,
+    from: &str,
+    to: &str,
+    port: &str,
+    json: bool,
+) -> anyhow::Result<bool> {
     let live = Live::connect(conn)?;
     let body = json!({ "from": from, "to": to, "port": port });
-    let r: serde_json::Value = block_on(async move { live.call("POST", "/v1/admin/explain", Some(&body)).await })??;
+    let r: serde_json::Value =
+        block_on(async move { live.call("POST", "/v1/admin/explain", Some(&body)).await })??;
     if json {
         print_json(&r)?;
     } else {
-        println!("{}: {}", r["verdict"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or(""));
+        println!(
+            "{}: {}",
+            r["verdict"].as_str().unwrap_or("?"),
+            r["reason"].as_str().unwrap_or("")
+        );
         for rule in r["rules"].as_array().into_iter().flatten() {
-            println!("  {} {} -> {} {}", rule["at"].as_str().unwrap_or(""), rule["from"], rule["to"], rule["ports"]);
+            let s = |k: &str| rule[k].as_str().unwrap_or("").to_string();
+            let ports: Vec<&str> = rule["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str())
+                .collect();
+            println!(
+                "  {}: {} {} -> {} {}",
+                s("at"),
+                s("action"),
+                s("from"),
+                s("to"),
+                ports.join(",")
+            );
         }
     }
     Ok(r["verdict"] == "allow")
@@ -70,10 +103,23 @@ pub fn audit(conn: &ConnArgs, json: bool) -> anyhow::Result<bool> {
         let rows: Vec<Vec<String>> = r
             .nodes
             .iter()
-            .map(|n| vec![n.node.to_string(), n.status.clone(), format!("{}/{}", n.acked_version, n.expected_version)])
+            .map(|n| {
+                vec![
+                    n.node.to_string(),
+                    n.status.clone(),
+                    format!("{}/{}", n.acked_version, n.expected_version),
+                ]
+            })
             .collect();
         print!("{}", table(&["NODE", "STATUS", "ACKED/EXPECTED"], &rows));
-        println!("{}", if r.clean { "audit clean" } else { "audit found differences" });
+        println!(
+            "{}",
+            if r.clean {
+                "audit clean"
+            } else {
+                "audit found differences"
+            }
+        );
     }
     Ok(r.clean)
 }

@@ -73,19 +73,29 @@ pub fn run(conn: &ConnArgs, cmd: NodesCommand) -> anyhow::Result<()> {
                 print!("{}", table(&header, &node_rows(&nodes)));
                 Ok(())
             }
-            NodesCommand::Label { name, set, remove, json } => {
+            NodesCommand::Label {
+                name,
+                set,
+                remove,
+                json,
+            } => {
                 if set.is_empty() && remove.is_empty() {
                     anyhow::bail!("nothing to change: give KEY=VALUE labels and/or --remove KEY");
                 }
                 let set: std::collections::BTreeMap<_, _> = set.into_iter().collect();
                 let body = json!({ "set": set, "remove": remove });
                 let n: NodeRecord = live
-                    .call("POST", &format!("/v1/admin/nodes/{name}/labels"), Some(&body))
+                    .call(
+                        "POST",
+                        &format!("/v1/admin/nodes/{name}/labels"),
+                        Some(&body),
+                    )
                     .await?;
                 if json {
                     return print_json(&n);
                 }
-                let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let labels: Vec<String> =
+                    n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!("{}: {}", n.name, labels.join(","));
                 Ok(())
             }
@@ -101,7 +111,9 @@ pub fn run(conn: &ConnArgs, cmd: NodesCommand) -> anyhow::Result<()> {
                     r.node.name, r.peers.acked, r.peers.total, r.peers.elapsed_ms
                 );
                 if r.peers.acked < r.peers.total {
-                    eprintln!("warning: some peers have not acked yet (offline nodes apply it when they reconnect)");
+                    eprintln!(
+                        "warning: some peers have not acked yet (offline nodes apply it when they reconnect)"
+                    );
                 }
                 Ok(())
             }
@@ -113,14 +125,22 @@ pub fn run(conn: &ConnArgs, cmd: NodesCommand) -> anyhow::Result<()> {
 pub fn audit_log(conn: &ConnArgs, limit: u32, json: bool) -> anyhow::Result<()> {
     let live = Live::connect(conn)?;
     let log: Vec<AuditEntry> = block_on(async move {
-        live.call("GET", &format!("/v1/admin/audit-log?limit={limit}"), None).await
+        live.call("GET", &format!("/v1/admin/audit-log?limit={limit}"), None)
+            .await
     })??;
     if json {
         return print_json(&log);
     }
     let rows: Vec<Vec<String>> = log
         .iter()
-        .map(|e| vec![time(e.at), e.actor.clone(), e.action.clone(), e.details.to_string()])
+        .map(|e| {
+            vec![
+                time(e.at),
+                e.actor.clone(),
+                e.action.clone(),
+                e.details.to_string(),
+            ]
+        })
         .collect();
     print!("{}", table(&["WHEN", "WHO", "WHAT", "DETAILS"], &rows));
     Ok(())

@@ -43,8 +43,14 @@ pub enum TokensCommand {
 
 /// Parses `90`, `90s`, `30m`, `1h`, `7d` into seconds.
 pub fn parse_ttl(s: &str) -> Result<u64, String> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: use e.g. 30m, 1h, 7d"))?;
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30m, 1h, 7d"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -52,7 +58,9 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
         "d" => 86_400,
         _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
     };
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("invalid duration {s:?}"))
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("invalid duration {s:?}"))
 }
 
 fn rows(tokens: &[TokenRecord]) -> Vec<Vec<String>> {
@@ -66,7 +74,11 @@ fn rows(tokens: &[TokenRecord]) -> Vec<Vec<String>> {
                 labels.join(","),
                 format!("{}/{}", t.uses_left, t.uses_total),
                 time(t.expires_at),
-                if t.revoked { "revoked".into() } else { "active".into() },
+                if t.revoked {
+                    "revoked".into()
+                } else {
+                    "active".into()
+                },
             ]
         })
         .collect()
@@ -78,7 +90,13 @@ pub fn run(conn: &ConnArgs, cmd: TokensCommand) -> anyhow::Result<()> {
     let live = Live::connect(conn)?;
     block_on(async move {
         match cmd {
-            TokensCommand::Create { labels, name_prefix, ttl, uses, json } => {
+            TokensCommand::Create {
+                labels,
+                name_prefix,
+                ttl,
+                uses,
+                json,
+            } => {
                 let labels = parse_labels(&labels)?;
                 let body = json!({ "labels": labels, "name_prefix": name_prefix, "ttl_secs": ttl, "uses": uses });
                 let t: CreatedToken = live.call("POST", "/v1/admin/tokens", Some(&body)).await?;
@@ -105,7 +123,9 @@ pub fn run(conn: &ConnArgs, cmd: TokensCommand) -> anyhow::Result<()> {
                 }
             }
             TokensCommand::Revoke { id, json } => {
-                let t: TokenRecord = live.call("POST", &format!("/v1/admin/tokens/{id}/revoke"), None).await?;
+                let t: TokenRecord = live
+                    .call("POST", &format!("/v1/admin/tokens/{id}/revoke"), None)
+                    .await?;
                 if json {
                     print_json(&t)
                 } else {

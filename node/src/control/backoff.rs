@@ -48,7 +48,10 @@ mod tests {
         let d0 = b.next_delay(0);
         assert_eq!(d0, Duration::from_millis(250));
         let d1 = b.next_delay(u64::MAX);
-        assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1), "{d1:?}");
+        assert!(
+            d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1),
+            "{d1:?}"
+        );
         for _ in 0..30 {
             assert!(b.next_delay(12345) <= Duration::from_secs(30));
         }

@@ -69,7 +69,8 @@ impl NetmapCache {
         }
         let bytes = read_secret(&self.dir.netmap())?;
         let path = self.dir.netmap().display().to_string();
-        let tag = read_secret(&self.dir.netmap_mac()).map_err(|_| CacheError::Tampered(path.clone()))?;
+        let tag =
+            read_secret(&self.dir.netmap_mac()).map_err(|_| CacheError::Tampered(path.clone()))?;
         let tag = String::from_utf8_lossy(&tag);
         let raw: Vec<u8> = (0..tag.trim().len() / 2)
             .filter_map(|i| u8::from_str_radix(tag.trim().get(2 * i..2 * i + 2)?, 16).ok())

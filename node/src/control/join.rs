@@ -65,7 +65,10 @@ pub struct Joined {
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 /// Enrolls this node. Keys are generated here and never leave the node.
@@ -96,16 +99,26 @@ pub async fn join(opts: JoinOptions) -> Result<Joined, JoinError> {
     };
     let body = serde_json::to_vec(&req).map_err(|e| JoinError::Reply(e.to_string()))?;
     let tls = Arc::new(
-        tls_config(&ServerTrust::PinnedSha256(token.ca_sha256.clone()), None)
-            .map_err(|source| JoinError::Connect { url: String::new(), source })?,
+        tls_config(&ServerTrust::PinnedSha256(token.ca_sha256.clone()), None).map_err(
+            |source| JoinError::Connect {
+                url: String::new(),
+                source,
+            },
+        )?,
     );
 
     let mut last = JoinError::NoCoordinator;
     let mut reply = None;
     for url in &token.urls {
-        let client = HttpsClient::new(url, Arc::clone(&tls))
-            .map_err(|source| JoinError::Connect { url: url.clone(), source })?;
-        match client.request("POST", "/v1/enroll", None, Some(body.clone())).await {
+        let client =
+            HttpsClient::new(url, Arc::clone(&tls)).map_err(|source| JoinError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        match client
+            .request("POST", "/v1/enroll", None, Some(body.clone()))
+            .await
+        {
             Ok(r) if r.status == 200 => {
                 reply = Some(r.body);
                 break;
@@ -114,10 +127,18 @@ pub async fn join(opts: JoinOptions) -> Result<Joined, JoinError> {
                 let message = serde_json::from_slice::<ErrorBody>(&r.body)
                     .map(|e| e.error)
                     .unwrap_or_else(|_| String::from_utf8_lossy(&r.body).into_owned());
-                return Err(JoinError::Refused { status: r.status, message });
+                return Err(JoinError::Refused {
+                    status: r.status,
+                    message,
+                });
             }
             // A pin mismatch or a down coordinator: try the next URL.
-            Err(source) => last = JoinError::Connect { url: url.clone(), source },
+            Err(source) => {
+                last = JoinError::Connect {
+                    url: url.clone(),
+                    source,
+                }
+            }
         }
     }
     let reply = reply.ok_or(last)?;
@@ -126,7 +147,9 @@ pub async fn join(opts: JoinOptions) -> Result<Joined, JoinError> {
     let ca = CertificateDer::from_pem_slice(resp.ca_pem.as_bytes())
         .map_err(|e| JoinError::Reply(format!("CA certificate: {e}")))?;
     if !sha256_hex(&ca).eq_ignore_ascii_case(&token.ca_sha256) {
-        return Err(JoinError::Reply("returned CA does not match the pinned fingerprint".into()));
+        return Err(JoinError::Reply(
+            "returned CA does not match the pinned fingerprint".into(),
+        ));
     }
     resp.netmap
         .validate()

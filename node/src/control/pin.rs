@@ -31,9 +31,8 @@ pub fn check_pins(old: &NetMap, new: &NetMap, rotations: &[Rotation]) -> Result<
     if old.node.addresses != new.node.addresses {
         return Err(PinError::SelfChanged("overlay addresses".into()));
     }
-    let rotated = |o: &PublicKey, n: &PublicKey| {
-        rotations.iter().any(|r| &r.old == o && &r.new == n)
-    };
+    let rotated =
+        |o: &PublicKey, n: &PublicKey| rotations.iter().any(|r| &r.old == o && &r.new == n);
     for p in &new.peers {
         for q in &old.peers {
             if q.public_key == p.public_key {
@@ -101,7 +100,14 @@ mod tests {
         let old = map(vec![peer(2, Some("db-1"), "100.80.0.2/32")]);
         // Same peer, same key: fine. Peer gone, new peer elsewhere: fine.
         assert!(check_pins(&old, &old, &[]).is_ok());
-        assert!(check_pins(&old, &map(vec![peer(3, Some("db-2"), "100.80.0.3/32")]), &[]).is_ok());
+        assert!(
+            check_pins(
+                &old,
+                &map(vec![peer(3, Some("db-2"), "100.80.0.3/32")]),
+                &[]
+            )
+            .is_ok()
+        );
         // Same address, different key (name hidden): refused.
         let swapped = map(vec![peer(9, None, "100.80.0.2/32")]);
         let err = check_pins(&old, &swapped, &[]).unwrap_err();
@@ -109,13 +115,22 @@ mod tests {
         // Same name, different key: refused unless rotated.
         let renamed = map(vec![peer(9, Some("db-1"), "100.80.0.9/32")]);
         assert!(check_pins(&old, &renamed, &[]).is_err());
-        let rot = [Rotation { old: key(2), new: key(9) }];
+        let rot = [Rotation {
+            old: key(2),
+            new: key(9),
+        }];
         assert!(check_pins(&old, &renamed, &rot).is_ok());
-        let wrong_rot = [Rotation { old: key(5), new: key(9) }];
+        let wrong_rot = [Rotation {
+            old: key(5),
+            new: key(9),
+        }];
         assert!(check_pins(&old, &renamed, &wrong_rot).is_err());
         // Our own identity never changes under us.
         let mut other = old.clone();
         other.node.addresses = vec!["100.80.0.7".parse().unwrap()];
-        assert!(matches!(check_pins(&old, &other, &[]), Err(PinError::SelfChanged(_))));
+        assert!(matches!(
+            check_pins(&old, &other, &[]),
+            Err(PinError::SelfChanged(_))
+        ));
     }
 }

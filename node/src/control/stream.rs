@@ -61,8 +61,10 @@ impl ControlClient {
     pub fn load(dir: &StateDir, endpoints: EndpointsReport) -> Result<Self, ControlError> {
         let state = dir.load_control()?;
         let secret = dir.load_private_key()?;
-        let public_key =
-            PublicKey::from_bytes(boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from(secret)).to_bytes());
+        let public_key = PublicKey::from_bytes(
+            boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from(secret))
+                .to_bytes(),
+        );
         let tls_err = |e: &dyn std::fmt::Display| ControlError::Tls(e.to_string());
         let ca_pem = std::fs::read(dir.ca_cert()).map_err(|e| tls_err(&e))?;
         let ca = CertificateDer::pem_slice_iter(&ca_pem)
@@ -72,8 +74,11 @@ impl ControlClient {
             .map_err(|e| tls_err(&e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| tls_err(&e))?;
-        let key = PrivateKeyDer::from_pem_slice(&read_secret(&dir.tls_key())?).map_err(|e| tls_err(&e))?;
-        let tls = Arc::new(tls_config(&ServerTrust::Ca(ca), Some((chain, key))).map_err(|e| tls_err(&e))?);
+        let key = PrivateKeyDer::from_pem_slice(&read_secret(&dir.tls_key())?)
+            .map_err(|e| tls_err(&e))?;
+        let tls = Arc::new(
+            tls_config(&ServerTrust::Ca(ca), Some((chain, key))).map_err(|e| tls_err(&e))?,
+        );
         let clients = state
             .urls
             .iter()
@@ -160,7 +165,11 @@ impl ControlClient {
         let mut stream: LineStream = match client.stream("/v1/stream").await {
             Ok(Ok(s)) => s,
             Ok(Err(resp)) => {
-                return format!("refused ({}): {}", resp.status, String::from_utf8_lossy(&resp.body));
+                return format!(
+                    "refused ({}): {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                );
             }
             Err(e) => return e.to_string(),
         };
@@ -168,7 +177,10 @@ impl ControlClient {
         tracing::info!(coordinator = client.url(), node = %self.state.name, "coordinator stream open");
         emit(StreamEvent::Connected(client.url().to_string()));
         if let Ok(body) = serde_json::to_vec(&self.endpoints) {
-            match client.request("POST", "/v1/endpoints", None, Some(body)).await {
+            match client
+                .request("POST", "/v1/endpoints", None, Some(body))
+                .await
+            {
                 Ok(r) if r.status == 204 => {}
                 Ok(r) => tracing::warn!(status = r.status, "endpoint report refused"),
                 Err(e) => return e.to_string(),
@@ -193,7 +205,11 @@ impl ControlClient {
                     let ack = serde_json::to_vec(&AckRequest { version }).unwrap_or_default();
                     match client.request("POST", "/v1/ack", None, Some(ack)).await {
                         Ok(r) if r.status == 204 => {}
-                        Ok(r) => tracing::warn!(status = r.status, netmap_version = version, "ack refused"),
+                        Ok(r) => tracing::warn!(
+                            status = r.status,
+                            netmap_version = version,
+                            "ack refused"
+                        ),
                         Err(e) => return e.to_string(),
                     }
                 }
@@ -222,7 +238,10 @@ impl ControlClient {
         }
         if let Some(cur) = &self.current {
             if map.version < cur.version {
-                return Err(format!("netmap version {} is older than the applied {}", map.version, cur.version));
+                return Err(format!(
+                    "netmap version {} is older than the applied {}",
+                    map.version, cur.version
+                ));
             }
             check_pins(cur, &map, rotations).map_err(|e| e.to_string())?;
         }
@@ -230,7 +249,11 @@ impl ControlClient {
         if let Err(e) = self.cache.save(&map) {
             tracing::error!(error = %e, "cannot write the netmap cache");
         }
-        tracing::info!(netmap_version = map.version, peers = map.peers.len(), "netmap applied");
+        tracing::info!(
+            netmap_version = map.version,
+            peers = map.peers.len(),
+            "netmap applied"
+        );
         self.current = Some(map);
         Ok(())
     }

@@ -32,7 +32,11 @@ async fn coordinator(dir: &Path, addr: &str) -> Coord {
     let text = format!("data_dir = {dir:?}\npublic_urls = [\"{url}\"]\nheartbeat_secs = 1\n");
     let cfg = CoordinatorConfig::parse("t.toml", &text).unwrap();
     let running = spawn(&cfg, listener, Arc::new(SystemClock)).await.unwrap();
-    Coord { running, dir: dir.to_path_buf(), url }
+    Coord {
+        running,
+        dir: dir.to_path_buf(),
+        url,
+    }
 }
 
 impl Coord {
@@ -42,14 +46,25 @@ impl Coord {
         let token = std::fs::read_to_string(self.dir.join(ADMIN_TOKEN_FILE)).unwrap();
         let c = HttpsClient::new(&self.url, tls).unwrap();
         let body = (!body.is_null()).then(|| serde_json::to_vec(&body).unwrap());
-        let r = c.request(method, path, Some(token.trim()), body).await.unwrap();
-        assert!(r.status < 300, "{path}: {}", String::from_utf8_lossy(&r.body));
+        let r = c
+            .request(method, path, Some(token.trim()), body)
+            .await
+            .unwrap();
+        assert!(
+            r.status < 300,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         serde_json::from_slice(&r.body).unwrap()
     }
 
     async fn token(&self, labels: Value) -> String {
         let v = self
-            .admin("POST", "/v1/admin/tokens", json!({ "labels": labels, "ttl_secs": 600, "uses": 1 }))
+            .admin(
+                "POST",
+                "/v1/admin/tokens",
+                json!({ "labels": labels, "ttl_secs": 600, "uses": 1 }),
+            )
             .await;
         v["token"].as_str().unwrap().to_string()
     }
@@ -67,7 +82,13 @@ fn opts(token: &str, name: &str, dir: &Path) -> JoinOptions {
 }
 
 /// Runs a control client whose "data plane" is a channel.
-fn run_client(dir: &Path) -> (mpsc::UnboundedReceiver<NetMap>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+fn run_client(
+    dir: &Path,
+) -> (
+    mpsc::UnboundedReceiver<NetMap>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut client = ControlClient::load(&StateDir::new(dir), EndpointsReport::default())
         .unwrap()
         .with_idle_timeout(Duration::from_secs(3));
@@ -78,13 +99,20 @@ fn run_client(dir: &Path) -> (mpsc::UnboundedReceiver<NetMap>, tokio::sync::ones
             let tx = tx.clone();
             async move { tx.send(m).map_err(|e| e.to_string()) }
         };
-        client.run(apply, None, async { let _ = stop_rx.await; }).await;
+        client
+            .run(apply, None, async {
+                let _ = stop_rx.await;
+            })
+            .await;
     });
     (rx, stop_tx, task)
 }
 
 async fn recv(rx: &mut mpsc::UnboundedReceiver<NetMap>) -> NetMap {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap()
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -92,9 +120,22 @@ async fn join_stream_cache_and_restart_from_cache() {
     let cdir = tempfile::tempdir().unwrap();
     let (wdir, ddir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let c = coordinator(cdir.path(), "127.0.0.1:0").await;
-    c.admin("POST", "/v1/admin/policy", json!({ "text": POLICY })).await;
-    let db = join(opts(&c.token(json!({ "role": "db" })).await, "db-1", ddir.path())).await.unwrap();
-    let web = join(opts(&c.token(json!({ "role": "web" })).await, "web-1", wdir.path())).await.unwrap();
+    c.admin("POST", "/v1/admin/policy", json!({ "text": POLICY }))
+        .await;
+    let db = join(opts(
+        &c.token(json!({ "role": "db" })).await,
+        "db-1",
+        ddir.path(),
+    ))
+    .await
+    .unwrap();
+    let web = join(opts(
+        &c.token(json!({ "role": "web" })).await,
+        "web-1",
+        wdir.path(),
+    ))
+    .await
+    .unwrap();
     assert_eq!(web.netmap.peers.len(), 1);
     assert_eq!(db.state.name.as_str(), "db-1");
     let mode = |p: std::path::PathBuf| {
@@ -112,17 +153,31 @@ async fn join_stream_cache_and_restart_from_cache() {
     let first = recv(&mut rx).await;
     assert_eq!(first.version, web.netmap.version);
     // Label change: web-1 loses db-1 within the second, and the ack lands.
-    c.admin("POST", "/v1/admin/nodes/web-1/labels", json!({ "set": { "role": "ops" } })).await;
+    c.admin(
+        "POST",
+        "/v1/admin/nodes/web-1/labels",
+        json!({ "set": { "role": "ops" } }),
+    )
+    .await;
     let m = recv(&mut rx).await;
     assert!(m.peers.is_empty());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let nodes = c.admin("GET", "/v1/admin/nodes", Value::Null).await;
-        let w = nodes.as_array().unwrap().iter().find(|n| n["name"] == "web-1").unwrap().clone();
+        let w = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "web-1")
+            .unwrap()
+            .clone();
         if w["acked_version"] == m.version {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "ack never arrived: {w}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ack never arrived: {w}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -138,7 +193,12 @@ async fn join_stream_cache_and_restart_from_cache() {
     let c = coordinator(cdir.path(), &url.replace("https://", "")).await;
     let (mut rx, stop, task) = run_client(wdir.path());
     assert_eq!(recv(&mut rx).await.version, m.version);
-    c.admin("POST", "/v1/admin/nodes/web-1/labels", json!({ "set": { "role": "web" } })).await;
+    c.admin(
+        "POST",
+        "/v1/admin/nodes/web-1/labels",
+        json!({ "set": { "role": "web" } }),
+    )
+    .await;
     assert_eq!(recv(&mut rx).await.peers.len(), 1);
     let _ = stop.send(());
     let _ = task.await;
@@ -153,14 +213,24 @@ async fn join_stream_cache_and_restart_from_cache() {
 
 #[tokio::test]
 async fn impostor_coordinator_is_refused_and_nothing_written() {
-    let (d1, d2, nd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (d1, d2, nd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let real = coordinator(d1.path(), "127.0.0.1:0").await;
     let impostor = coordinator(d2.path(), "127.0.0.1:0").await;
     let token = real.token(json!({})).await;
     let mut t = segmesh_config::control::JoinToken::parse(&token).unwrap();
     t.urls = vec![impostor.url.clone()];
-    let err = join(opts(&t.encode(), "n-1", &nd.path().join("s"))).await.unwrap_err();
-    assert!(err.to_string().contains("does not match the CA fingerprint"), "{err}");
+    let err = join(opts(&t.encode(), "n-1", &nd.path().join("s")))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not match the CA fingerprint"),
+        "{err}"
+    );
     assert!(!nd.path().join("s").exists(), "nothing written");
     real.running.stop().await;
     impostor.running.stop().await;
