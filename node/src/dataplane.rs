@@ -595,4 +595,47 @@ mod tests {
         assert_eq!(prefix_for("fd5e::2".parse().unwrap(), &overlay), 64);
         assert_eq!(prefix_for("10.1.1.1".parse().unwrap(), &overlay), 32);
     }
+
+    fn config(port: u16) -> NodeConfig {
+        let text = format!(
+            "private_key_file = \"k\"\nnetmap_file = \"n\"\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n"
+        );
+        NodeConfig::parse(&text, Path::new("/etc/segmesh/node.toml")).unwrap()
+    }
+
+    #[test]
+    fn port_in_use_is_a_clear_error() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = bind_udp(&config(port), Path::new("/etc/segmesh/node.toml")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&format!("UDP port {port} is already in use")),
+            "{msg}"
+        );
+        assert!(msg.contains("/etc/segmesh/node.toml"), "{msg}");
+        drop(taken);
+        let (sock, v6) = bind_udp(&config(0), Path::new("x")).unwrap();
+        assert!(!v6 && sock.local_addr().unwrap().port() != 0);
+    }
+
+    #[test]
+    fn bad_netmaps_name_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("netmap.json");
+        std::fs::write(&path, "{\"format\": 1").unwrap();
+        let msg = format!("{:#}", load_netmap(&path).unwrap_err());
+        assert!(
+            msg.starts_with(&format!("netmap {}: ", path.display())),
+            "{msg}"
+        );
+        std::fs::write(&path, r#"{"format": 9, "version": 1, "node": {"name": "a", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "addresses": []}, "peers": []}"#).unwrap();
+        let msg = format!("{:#}", load_netmap(&path).unwrap_err());
+        assert!(msg.contains("format 9 is not supported"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            load_netmap(&dir.path().join("missing.json")).unwrap_err()
+        );
+        assert!(msg.contains("missing.json"), "{msg}");
+    }
 }
