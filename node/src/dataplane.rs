@@ -206,22 +206,36 @@ fn bind_udp(
     Err(e).with_context(|| format!("binding UDP {addr}"))
 }
 
-fn set_buffers(sock: &std::net::UdpSocket) {
+fn setsockopt_int(sock: &std::net::UdpSocket, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        let v = SOCKET_BUFFER;
-        // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(error = %io::Error::last_os_error(), "setting socket buffer size");
+    // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Large socket buffers absorb bursts; the FORCE variants (we hold
+/// CAP_NET_ADMIN anyway, for the TUN) go past `net.core.rmem_max`.
+fn set_buffers(sock: &std::net::UdpSocket) {
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(sock, force, SOCKET_BUFFER).is_err()
+            && let Err(e) = setsockopt_int(sock, plain, SOCKET_BUFFER)
+        {
+            tracing::debug!(error = %e, "setting socket buffer size");
         }
     }
 }
