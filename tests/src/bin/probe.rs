@@ -5,6 +5,7 @@
 //! probe listen ADDR:PORT                 # echo server; prints "ready", then "accepted PEER" per connection
 //! probe connect ADDR:PORT [--timeout-ms N] [--message TEXT]
 //!                                        # one JSON line {"ok","ms","reply"|"error","errno"}; exit 1 on failure
+//! probe udp-hold ADDR:PORT              # binds a UDP port and keeps it; prints "ready"
 //! probe stream ADDR:PORT [--interval-ms N] [--duration-ms N]
 //!                                        # echo every interval; prints "ok UNIX_MS" per echo, "fail UNIX_MS ERR" at the end
 //! ```
@@ -20,7 +21,8 @@ fn main() -> ExitCode {
         Some("listen") => listen(&args[1..]),
         Some("connect") => connect(&args[1..]),
         Some("stream") => stream(&args[1..]),
-        _ => Err("usage: probe listen|connect|stream ADDR:PORT [options]".into()),
+        Some("udp-hold") => udp_hold(&args[1..]),
+        _ => Err("usage: probe listen|connect|stream|udp-hold ADDR:PORT [options]".into()),
     };
     match result {
         Ok(code) => code,
@@ -74,6 +76,16 @@ fn listen(args: &[String]) -> Result<ExitCode, String> {
         std::thread::spawn(move || echo(conn));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn udp_hold(args: &[String]) -> Result<ExitCode, String> {
+    let at = addr(args)?;
+    let _sock = std::net::UdpSocket::bind(at).map_err(|e| format!("bind udp {at}: {e}"))?;
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 fn echo(conn: TcpStream) {

@@ -1,0 +1,121 @@
+//! Building a mesh's netmaps from a policy and an inventory, the way an
+//! operator does offline.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+use segmesh_config::policy::Policy;
+use segmesh_config::{Inventory, NETMAP_FORMAT, NetMap, Peer, PortSet, PublicKey, SelfNode};
+
+use crate::lab::Lab;
+use crate::node::NodeSetup;
+
+/// The overlay IPv4 address of a node: 100.80.0.N for underlay 10.77.0.N.
+pub fn overlay_v4(node: &NodeSetup) -> Ipv4Addr {
+    Ipv4Addr::new(100, 80, 0, node.host.underlay.octets()[3])
+}
+
+/// The overlay IPv6 address of a node: fd5e:6d00::N.
+pub fn overlay_v6(node: &NodeSetup) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfd5e,
+        0x6d00,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u16::from(node.host.underlay.octets()[3]),
+    )
+}
+
+/// An inventory file listing `nodes` with their labels (`"role=web"`),
+/// overlay addresses and endpoints.
+pub fn inventory_toml(nodes: &[(&NodeSetup, &str)]) -> String {
+    let mut out = String::from("overlay = [\"100.80.0.0/16\", \"fd5e:6d00::/64\"]\n");
+    for (n, labels) in nodes {
+        let labels: Vec<String> = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| format!("{k} = \"{v}\""))
+            .collect();
+        out.push_str(&format!(
+            "\n[[node]]\nname = \"{}\"\nlabels = {{ {} }}\npublic_key = \"{}\"\n\
+             addresses = [\"{}\", \"{}\"]\nendpoints = [\"{}\"]\n",
+            n.name,
+            labels.join(", "),
+            n.public_key,
+            overlay_v4(n),
+            overlay_v6(n),
+            n.endpoint(),
+        ));
+    }
+    out
+}
+
+/// Writes `policy.toml` and `inventory.toml` into the lab and compiles every
+/// node's netmap with the policy compiler.
+pub fn compile_netmaps(lab: &Lab, policy: &str, inventory: &str) -> BTreeMap<String, NetMap> {
+    let policy_path = lab.path("policy.toml");
+    let inventory_path = lab.path("inventory.toml");
+    std::fs::write(&policy_path, policy).expect("write policy");
+    std::fs::write(&inventory_path, inventory).expect("write inventory");
+    let inv = Inventory::from_toml(&inventory_path.display().to_string(), inventory)
+        .unwrap_or_else(|e| panic!("inventory: {e}"));
+    let pol = Policy::parse(&policy_path.display().to_string(), policy)
+        .unwrap_or_else(|e| panic!("policy: {e}"));
+    segmesh_config::compile::compile(&inv, &pol)
+        .into_iter()
+        .map(|(name, map)| (name.to_string(), map))
+        .collect()
+}
+
+/// The overlay address of `node` as an `IpAddr`.
+pub fn addr(node: &NodeSetup) -> IpAddr {
+    IpAddr::V4(overlay_v4(node))
+}
+
+/// A netmap written by hand (for nodes no policy would produce: a rogue, a
+/// spoofer, a stock WireGuard peer).
+pub fn netmap(node: &NodeSetup, addresses: &[IpAddr], peers: Vec<Peer>) -> NetMap {
+    NetMap {
+        format: NETMAP_FORMAT,
+        version: 1,
+        node: SelfNode {
+            name: node.name.parse().expect("node name"),
+            public_key: node.public_key,
+            addresses: addresses.to_vec(),
+            labels: Default::default(),
+        },
+        overlay: vec!["100.80.0.0/16".parse().expect("prefix")],
+        peers,
+    }
+}
+
+/// A peer entry: `allowed` as /32s, port sets like `["tcp/5432"]`, and the
+/// endpoint (with the name) only when this side may open flows
+/// (need-to-know, as the compiler does).
+pub fn peer(
+    key: PublicKey,
+    name: &str,
+    allowed: &[IpAddr],
+    endpoint: Option<SocketAddr>,
+    outbound: &[&str],
+    inbound: &[&str],
+) -> Peer {
+    let ports = |specs: &[&str]| -> PortSet {
+        serde_json::from_value(serde_json::json!(specs)).expect("port specs")
+    };
+    let outbound = ports(outbound);
+    let known = !outbound.is_empty();
+    Peer {
+        public_key: key,
+        allowed_ips: allowed.iter().map(|a| IpNet::from(*a)).collect(),
+        outbound,
+        inbound: ports(inbound),
+        name: known.then(|| name.parse().expect("peer name")),
+        labels: None,
+        endpoints: endpoint.filter(|_| known).map(|e| vec![e]),
+    }
+}
