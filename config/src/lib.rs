@@ -3,8 +3,14 @@
 //! Identities, port sets, the netmap wire format, the policy language and its
 //! compiler. Pure code: no IO beyond reading the files it is asked to parse.
 
+pub mod audit;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod compile;
+pub mod control;
+pub mod diff;
 pub mod explain;
+pub mod graph;
 pub mod identity;
 pub mod netmap;
 pub mod policy;

@@ -1,1 +1,98 @@
-fn main() {}
+//! `segmesh-coordinator serve --config coordinator.toml`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use segmesh_coordinator::api;
+use segmesh_coordinator::clock::SystemClock;
+use segmesh_coordinator::config::CoordinatorConfig;
+use segmesh_coordinator::server::prepare;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "segmesh-coordinator",
+    version,
+    about = "segmesh coordinator: identities, policy, netmap distribution"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTPS API (enrollment, netmap streams, admin API, metrics).
+    Serve {
+        /// Configuration file.
+        #[arg(
+            long,
+            env = "SEGMESH_COORDINATOR_CONFIG",
+            default_value = "/etc/segmesh/coordinator.toml"
+        )]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEGMESH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[tokio::main]
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Command::Serve { config } = cli.command;
+    let cfg = CoordinatorConfig::load(&config)?;
+    let prepared = prepare(&cfg, Arc::new(SystemClock))
+        .await
+        .context("starting the coordinator")?;
+    if prepared.ca_created {
+        tracing::info!(data_dir = %cfg.data_dir.display(), "created a new CA");
+    }
+    if let Some(path) = &prepared.admin_token_created {
+        // Printed once, on first start; the coordinator keeps only its hash.
+        println!(
+            "admin token written to {} (0600). Point segmeshctl at it with SEGMESH_ADMIN_TOKEN_FILE; the coordinator only keeps its hash.",
+            path.display()
+        );
+    }
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        ca_sha256 = %prepared.ctx.ca.fingerprint(),
+        "coordinator serving"
+    );
+    let router = api::router(Arc::clone(&prepared.ctx));
+    api::run(listener, prepared.tls, router, shutdown_signal()).await;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

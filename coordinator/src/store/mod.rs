@@ -16,7 +16,7 @@ mod tests;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use segmesh_config::{Labels, NodeName, PublicKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use alloc::Prefixes;
 
@@ -24,7 +24,7 @@ pub use alloc::Prefixes;
 pub type UnixTime = i64;
 
 /// An enrolled node as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub id: i64,
     pub name: NodeName,
@@ -53,7 +53,7 @@ impl NodeRecord {
 }
 
 /// A join token as stored (the secret itself is never stored).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub id: i64,
     pub name_prefix: Option<String>,
@@ -99,7 +99,7 @@ pub struct IssuedCert {
 pub type CertSigner<'a> = &'a (dyn Fn(&NodeName) -> Result<IssuedCert, String> + Send + Sync);
 
 /// A stored policy version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRecord {
     pub version: u64,
     pub text: String,
@@ -108,7 +108,7 @@ pub struct PolicyRecord {
 }
 
 /// One row of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: UnixTime,

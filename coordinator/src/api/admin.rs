@@ -1,0 +1,455 @@
+//! The admin API (bearer admin token) and `/metrics`.
+//!
+//! Every change goes through the store (which audits it in the same
+//! transaction) and then through the distributor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use rand_core::{OsRng, RngCore as _};
+use segmesh_config::compile::compile;
+use segmesh_config::control::JoinToken;
+use segmesh_config::explain::{Explanation, explain as explain_flow, run_tests};
+use segmesh_config::identity::validate_label;
+use segmesh_config::policy::Endpoint;
+use segmesh_config::{Inventory, Labels, NetMap, NodeName, Policy, PortSpec};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::auth::{AdminAuth, JsonBody};
+use super::{ApiError, ConnInfo, Ctx};
+use crate::distribute::AckReport;
+use crate::metrics::Gauges;
+use crate::store::{AuditEntry, Change, NewToken, NodeRecord, PolicyRecord, TokenRecord};
+
+/// POST /v1/admin/tokens
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub name_prefix: Option<String>,
+    pub ttl_secs: u64,
+    pub uses: u32,
+}
+
+/// Reply: the join token (shown once) and its record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: String,
+    pub record: TokenRecord,
+}
+
+/// POST /v1/admin/nodes/{name}/labels
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequest {
+    #[serde(default)]
+    pub set: Labels,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A node in listings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: NodeRecord,
+    pub connected: bool,
+}
+
+/// Reply to a revoke: how many former peers applied the removal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeReport {
+    pub node: NodeRecord,
+    pub peers: AckReport,
+}
+
+/// POST /v1/admin/policy
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyPolicy {
+    pub text: String,
+    /// File name used in error messages.
+    #[serde(default = "default_policy_path")]
+    pub path: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_policy_path() -> String {
+    "policy.toml".into()
+}
+
+/// Peer changes of one node's netmap, by peer name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// Reply to a policy apply (or dry run).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyReport {
+    pub applied: bool,
+    pub version: Option<u64>,
+    pub tests: Vec<serde_json::Value>,
+    pub diff: BTreeMap<NodeName, NodeDiff>,
+    /// Nodes a new netmap was pushed to.
+    pub pushed: usize,
+}
+
+/// POST /v1/admin/explain
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    pub from: String,
+    pub to: String,
+    pub port: String,
+}
+
+/// One node's line in `policy audit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeAudit {
+    pub node: NodeName,
+    pub expected_version: u64,
+    pub acked_version: u64,
+    /// ok | stale (an older netmap is applied) | never_acked | mismatch
+    pub status: String,
+}
+
+/// Reply to GET /v1/admin/audit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditReport {
+    pub clean: bool,
+    pub nodes: Vec<NodeAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LimitQuery {
+    pub limit: Option<u32>,
+}
+
+fn actor(info: &ConnInfo) -> String {
+    format!("admin@{}", info.remote.ip())
+}
+
+fn bad(e: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}
+
+fn check_labels(labels: &Labels) -> Result<(), ApiError> {
+    labels
+        .iter()
+        .try_for_each(|(k, v)| validate_label(k, v).map_err(bad))
+}
+
+pub async fn create_token(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+    Extension(info): Extension<ConnInfo>,
+    JsonBody(req): JsonBody<CreateToken>,
+) -> Result<Json<CreatedToken>, ApiError> {
+    check_labels(&req.labels)?;
+    if let Some(p) = &req.name_prefix {
+        NodeName::new(format!("{p}-1")).map_err(|_| bad(format!("invalid name prefix {p:?}")))?;
+    }
+    if req.uses == 0 || req.ttl_secs == 0 {
+        return Err(bad("a token needs at least one use and a positive TTL"));
+    }
+    let ttl = i64::try_from(req.ttl_secs).map_err(bad)?;
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let now = ctx.clock.now();
+    let new = NewToken {
+        secret_sha256: Sha256::digest(secret).into(),
+        name_prefix: req.name_prefix,
+        labels: req.labels,
+        expires_at: now.unix.saturating_add(ttl),
+        uses: req.uses,
+    };
+    let record = ctx
+        .store
+        .create_token(new, &Change::new(actor(&info), now.unix))
+        .await?;
+    let token = JoinToken::new(
+        ctx.settings.public_urls.clone(),
+        &secret,
+        ctx.ca.fingerprint(),
+    );
+    tracing::info!(token_id = record.id, "join token created");
+    Ok(Json(CreatedToken {
+        token: token.encode(),
+        record,
+    }))
+}
+
+pub async fn list_tokens(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+) -> Result<Json<Vec<TokenRecord>>, ApiError> {
+    Ok(Json(ctx.store.list_tokens().await?))
+}
+
+pub async fn revoke_token(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+    Extension(info): Extension<ConnInfo>,
+    Path(id): Path<i64>,
+) -> Result<Json<TokenRecord>, ApiError> {
+    let change = Change::new(actor(&info), ctx.clock.now().unix);
+    Ok(Json(ctx.store.revoke_token(id, &change).await?))
+}
+
+pub async fn list_nodes(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    let connected = ctx.dist.connected().await;
+    let nodes = ctx.store.list_nodes().await?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|node| NodeView {
+                connected: connected.get(&node.name).copied().unwrap_or(false),
+                node,
+            })
+            .collect(),
+    ))
+}
+
+fn node_name(s: &str) -> Result<NodeName, ApiError> {
+    NodeName::new(s).map_err(bad)
+}
+
+pub async fn label_node(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+    Extension(info): Extension<ConnInfo>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<LabelRequest>,
+) -> Result<Json<NodeRecord>, ApiError> {
+    let name = node_name(&name)?;
+    check_labels(&req.set)?;
+    let now = ctx.clock.now();
+    let change = Change::new(actor(&info), now.unix);
+    let node = ctx
+        .store
+        .label_node(&name, &req.set, &req.remove, &change)
+        .await?;
+    let pushed = ctx
+        .dist
+        .node_changed(&name, Vec::new(), now.instant)
+        .await?;
+    tracing::info!(node = %name, pushed = pushed.len(), "labels changed");
+    Ok(Json(node))
+}
+
+pub async fn revoke_node(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+    Extension(info): Extension<ConnInfo>,
+    Path(name): Path<String>,
+) -> Result<Json<RevokeReport>, ApiError> {
+    let name = node_name(&name)?;
+    let now = ctx.clock.now();
+    let node = ctx
+        .store
+        .revoke_node(&name, &Change::new(actor(&info), now.unix))
+        .await?;
+    let pushed = ctx
+        .dist
+        .node_changed(&name, Vec::new(), now.instant)
+        .await?;
+    let peers = ctx
+        .dist
+        .wait_acks(&pushed, now.instant, ctx.settings.ack_timeout)
+        .await;
+    tracing::info!(node = %name, acked = peers.acked, total = peers.total, ms = peers.elapsed_ms, "node revoked");
+    Ok(Json(RevokeReport { node, peers }))
+}
+
+pub async fn get_policy(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+) -> Result<Json<PolicyRecord>, ApiError> {
+    ctx.store
+        .policy()
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("no policy has been applied yet".into()))
+}
+
+/// Per node, the peers added, removed and changed between two compilations.
+pub fn diff(inv: &Inventory, old: &Policy, new: &Policy) -> BTreeMap<NodeName, NodeDiff> {
+    let names: BTreeMap<_, _> = inv
+        .nodes
+        .iter()
+        .map(|n| (n.public_key, n.name.to_string()))
+        .collect();
+    let label = |k| names.get(k).cloned().unwrap_or_else(|| k.to_string());
+    let (a, b) = (compile(inv, old), compile(inv, new));
+    let empty = Vec::new();
+    let mut out = BTreeMap::new();
+    for name in a.keys().chain(b.keys()) {
+        let pa = a.get(name).map_or(&empty, |m| &m.peers);
+        let pb = b.get(name).map_or(&empty, |m| &m.peers);
+        let mut d = NodeDiff::default();
+        for p in pb {
+            match pa.iter().find(|q| q.public_key == p.public_key) {
+                None => d.added.push(label(&p.public_key)),
+                Some(q) if q != p => d.changed.push(label(&p.public_key)),
+                Some(_) => {}
+            }
+        }
+        for q in pa
+            .iter()
+            .filter(|q| !pb.iter().any(|p| p.public_key == q.public_key))
+        {
+            d.removed.push(label(&q.public_key));
+        }
+        if d != NodeDiff::default() {
+            out.insert(name.clone(), d);
+        }
+    }
+    out
+}
+
+pub async fn apply_policy(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+    Extension(info): Extension<ConnInfo>,
+    JsonBody(req): JsonBody<ApplyPolicy>,
+) -> Result<Json<ApplyReport>, ApiError> {
+    let (inv, old) = ctx.dist.snapshot().await;
+    let policy = Policy::parse_with_inventory(&req.path, &req.text, &inv).map_err(bad)?;
+    let outcomes = run_tests(&policy, Some(&inv));
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| {
+            let got = o.got.map_or_else(
+                || o.error.clone().unwrap_or_default(),
+                |g| g.as_str().to_string(),
+            );
+            format!("  {}: expected {}, got {got}", o.test, o.expect.as_str())
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "policy not applied: {} of {} tests failed against the live inventory:\n{}",
+            failed.len(),
+            outcomes.len(),
+            failed.join("\n")
+        )));
+    }
+    let tests = outcomes
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap_or_default())
+        .collect();
+    let diff = diff(&inv, &old, &policy);
+    if req.dry_run {
+        return Ok(Json(ApplyReport {
+            applied: false,
+            version: None,
+            tests,
+            diff,
+            pushed: 0,
+        }));
+    }
+    let now = ctx.clock.now();
+    let details = serde_json::json!({ "path": req.path, "diff": diff });
+    let rec = ctx
+        .store
+        .apply_policy(&req.text, details, &Change::new(actor(&info), now.unix))
+        .await?;
+    let pushed = ctx.dist.policy_changed(&policy, now.instant).await?;
+    tracing::info!(
+        policy_version = rec.version,
+        pushed = pushed.len(),
+        "policy applied"
+    );
+    Ok(Json(ApplyReport {
+        applied: true,
+        version: Some(rec.version),
+        tests,
+        diff,
+        pushed: pushed.len(),
+    }))
+}
+
+pub async fn explain(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+    JsonBody(req): JsonBody<ExplainRequest>,
+) -> Result<Json<Explanation>, ApiError> {
+    let (inv, policy) = ctx.dist.snapshot().await;
+    let from = Endpoint::parse_cli(&req.from).map_err(bad)?;
+    let to = Endpoint::parse_cli(&req.to).map_err(bad)?;
+    let port: PortSpec = req.port.parse().map_err(bad)?;
+    Ok(Json(
+        explain_flow(Some(&inv), &policy, &from, &to, &port).map_err(bad)?,
+    ))
+}
+
+pub async fn audit(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+) -> Result<Json<AuditReport>, ApiError> {
+    let mut nodes = Vec::new();
+    for n in ctx
+        .store
+        .list_nodes()
+        .await?
+        .into_iter()
+        .filter(|n| !n.revoked)
+    {
+        let Some(expected) = ctx.dist.expected(&n.name).await else {
+            continue;
+        };
+        let acked = ctx.store.acked_netmap(n.id).await?;
+        let acked_map = acked
+            .as_ref()
+            .and_then(|(_, body)| NetMap::from_json(body.as_bytes()).ok());
+        let status = match (&acked, acked_map) {
+            (None, _) => "never_acked",
+            (Some(_), Some(m)) if m.peers == expected.peers && m.node == expected.node => "ok",
+            (Some((v, _)), _) if *v < expected.version => "stale",
+            _ => "mismatch",
+        };
+        nodes.push(NodeAudit {
+            node: n.name,
+            expected_version: expected.version,
+            acked_version: acked.map_or(0, |(v, _)| v),
+            status: status.into(),
+        });
+    }
+    Ok(Json(AuditReport {
+        clean: nodes.iter().all(|n| n.status == "ok"),
+        nodes,
+    }))
+}
+
+pub async fn audit_log(
+    State(ctx): State<Arc<Ctx>>,
+    _: AdminAuth,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    Ok(Json(ctx.store.audit_log(q.limit.unwrap_or(1000)).await?))
+}
+
+/// GET /metrics (Prometheus text; no secrets, no auth).
+pub async fn metrics(State(ctx): State<Arc<Ctx>>) -> Result<String, ApiError> {
+    let nodes = ctx.store.list_nodes().await?;
+    let revoked = nodes.iter().filter(|n| n.revoked).count();
+    let streams = ctx.dist.connected().await.values().filter(|c| **c).count();
+    Ok(ctx.metrics.render(Gauges {
+        nodes: nodes.len() - revoked,
+        revoked_nodes: revoked,
+        streams,
+    }))
+}

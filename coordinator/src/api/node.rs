@@ -1,0 +1,159 @@
+//! Node routes: enrollment (token), and over mTLS the netmap stream, acks
+//! and endpoint reports.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use segmesh_config::NodeName;
+use segmesh_config::control::{
+    AckRequest, EndpointsReport, EnrollRequest, EnrollResponse, StreamMessage, decode_secret,
+};
+use sha2::{Digest as _, Sha256};
+
+use super::auth::{JsonBody, NodeAuth};
+use super::{ApiError, ConnInfo, Ctx};
+use crate::distribute::Distributor;
+use crate::store;
+
+/// POST /v1/enroll: token secret + WireGuard key + CSR + local endpoints.
+pub async fn enroll(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(info): Extension<ConnInfo>,
+    JsonBody(req): JsonBody<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    let secret = decode_secret(&req.secret).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let now = ctx.clock.now();
+    let store_req = store::EnrollRequest {
+        secret_sha256: Sha256::digest(secret).into(),
+        name: req.name.clone(),
+        public_key: req.public_key,
+        endpoints: req.endpoints.endpoints(Some(info.remote.ip())),
+    };
+    let ca = Arc::clone(&ctx.ca);
+    let csr = req.csr_pem.clone();
+    let sign = move |name: &NodeName| {
+        ca.sign_client(&csr, name, now.unix)
+            .map_err(|e| e.to_string())
+    };
+    let (node, cert) = ctx
+        .store
+        .enroll(&store_req, &ctx.settings.prefixes, &sign, now.unix)
+        .await?;
+    ctx.metrics.enrollments.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(node = %node.name, remote = %info.remote, "node enrolled");
+    ctx.dist
+        .node_changed(&node.name, Vec::new(), now.instant)
+        .await?;
+    let netmap = ctx
+        .dist
+        .expected(&node.name)
+        .await
+        .ok_or_else(|| ApiError::Internal(format!("no netmap for new node {}", node.name)))?;
+    Ok(Json(EnrollResponse {
+        name: node.name.clone(),
+        addresses: node.addresses(),
+        cert_pem: cert.cert_pem,
+        ca_pem: ctx.ca.cert_pem().to_string(),
+        netmap,
+    }))
+}
+
+/// Forgets the stream in the distributor when the response body is dropped
+/// (client gone, coordinator shutting down).
+struct StreamGuard {
+    dist: Arc<Distributor>,
+    name: NodeName,
+    conn: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let dist = Arc::clone(&self.dist);
+        let name = self.name.clone();
+        let conn = self.conn;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { dist.unsubscribe(&name, conn).await });
+        }
+    }
+}
+
+/// GET /v1/stream: newline-delimited JSON, the current netmap first, then
+/// every new version, with heartbeats in between. Ends when the node is
+/// revoked or opens a newer stream.
+pub async fn stream(
+    State(ctx): State<Arc<Ctx>>,
+    NodeAuth(node, info): NodeAuth,
+) -> Result<Response, ApiError> {
+    let (conn, rx) = ctx
+        .dist
+        .subscribe(&node.name)
+        .await
+        .ok_or_else(|| ApiError::Forbidden(format!("node {} has no netmap", node.name)))?;
+    tracing::info!(node = %node.name, remote = %info.remote, "stream opened");
+    let guard = StreamGuard {
+        dist: Arc::clone(&ctx.dist),
+        name: node.name.clone(),
+        conn,
+    };
+    let beat = ctx.settings.heartbeat;
+    let clock = Arc::clone(&ctx.clock);
+    let body = futures_util::stream::unfold((rx, guard), move |(mut rx, guard)| {
+        let clock = Arc::clone(&clock);
+        async move {
+            let item = match tokio::time::timeout(beat, rx.recv()).await {
+                Ok(Some(line)) => line,
+                Ok(None) => return None,
+                Err(_) => {
+                    let msg = StreamMessage::Heartbeat {
+                        at: clock.now().unix,
+                    };
+                    let mut v = serde_json::to_vec(&msg).unwrap_or_default();
+                    v.push(b'\n');
+                    Bytes::from(v)
+                }
+            };
+            Some((Ok::<_, Infallible>(item), (rx, guard)))
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .header("cache-control", "no-store")
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// POST /v1/ack: the node applied `version`.
+pub async fn ack(
+    State(ctx): State<Arc<Ctx>>,
+    NodeAuth(node, _): NodeAuth,
+    JsonBody(req): JsonBody<AckRequest>,
+) -> Result<StatusCode, ApiError> {
+    ctx.dist
+        .ack(&node.name, req.version, ctx.clock.now())
+        .await?;
+    tracing::debug!(node = %node.name, netmap_version = req.version, "ack");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /v1/endpoints: the node's local addresses and listen port; the
+/// observed source address is added.
+pub async fn endpoints(
+    State(ctx): State<Arc<Ctx>>,
+    NodeAuth(node, info): NodeAuth,
+    JsonBody(report): JsonBody<EndpointsReport>,
+) -> Result<StatusCode, ApiError> {
+    let eps = report.endpoints(Some(info.remote.ip()));
+    if ctx.store.set_endpoints(&node.name, &eps).await? {
+        tracing::info!(node = %node.name, endpoints = ?eps, "endpoints changed");
+        ctx.dist
+            .node_changed(&node.name, Vec::new(), ctx.clock.now().instant)
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,158 @@
+//! `coordinator.toml`: parsed into validated types; unknown keys and bad
+//! values are errors naming FILE:LINE:COL.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+
+use crate::store::Prefixes;
+
+/// The coordinator's configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address the HTTPS API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// CA, admin token hash and the SQLite database live here.
+    pub data_dir: PathBuf,
+    /// URLs nodes use to reach this coordinator (written into join tokens).
+    pub public_urls: Vec<String>,
+    /// Extra DNS names or IPs for the server certificate; the hosts of
+    /// `public_urls` are always included.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    #[serde(default)]
+    pub overlay: OverlayConfig,
+    /// Seconds between stream heartbeats.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    /// Seconds `nodes revoke` waits for former peers to ack.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_secs: u64,
+}
+
+/// Prefixes overlay addresses are allocated from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayConfig {
+    pub ipv4: Ipv4Net,
+    pub ipv6: Ipv6Net,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        let p = Prefixes::default();
+        Self {
+            ipv4: p.v4,
+            ipv6: p.v6,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+
+fn default_heartbeat() -> u64 {
+    10
+}
+
+fn default_ack_timeout() -> u64 {
+    5
+}
+
+/// Why the configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{message}")]
+    Parse { path: String, message: String },
+}
+
+impl CoordinatorConfig {
+    /// Parses TOML text; `path` is used in messages.
+    pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError::Parse {
+            path: path.to_string(),
+            message,
+        };
+        let cfg: Self =
+            toml::from_str(text).map_err(|e| err(segmesh_config::toml_error_message(text, &e)))?;
+        if cfg.public_urls.is_empty() {
+            return Err(err(" public_urls: at least one URL is required".into()));
+        }
+        for u in &cfg.public_urls {
+            segmesh_config::client::parse_url(u).map_err(|e| err(format!(" public_urls: {e}")))?;
+        }
+        if cfg.heartbeat_secs == 0 {
+            return Err(err(" heartbeat_secs must be at least 1".into()));
+        }
+        Ok(cfg)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// SANs for the server certificate: the URL hosts plus `server_names`.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .public_urls
+            .iter()
+            .filter_map(|u| segmesh_config::client::parse_url(u).ok().map(|(h, _)| h))
+            .chain(self.server_names.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    pub fn prefixes(&self) -> Prefixes {
+        Prefixes {
+            v4: self.overlay.ipv4,
+            v6: self.overlay.ipv6,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_and_reports_positions() {
+        let text = "data_dir = \"/tmp/x\"\npublic_urls = [\"https://10.0.0.1:8443\"]\nserver_names = [\"coord.example\"]\n";
+        let cfg = CoordinatorConfig::parse("c.toml", text).unwrap();
+        assert_eq!(cfg.listen.port(), 8443);
+        assert_eq!(cfg.certificate_names(), ["10.0.0.1", "coord.example"]);
+        assert_eq!(cfg.prefixes(), Prefixes::default());
+        let err = CoordinatorConfig::parse("c.toml", &text.replace("data_dir", "data_dri"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:1:1: "), "{err}");
+        let err = CoordinatorConfig::parse(
+            "c.toml",
+            "data_dir = \"/x\"\npublic_urls = [\"http://a\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("https://host"), "{err}");
+        let bad_net = format!("{text}[overlay]\nipv4 = \"100.80.0.0/33\"\nipv6 = \"fd00::/64\"\n");
+        let err = CoordinatorConfig::parse("c.toml", &bad_net)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:5:"), "{err}");
+    }
+}

@@ -1,0 +1,388 @@
+//! Netmap distribution: on any change, recompute the affected nodes'
+//! netmaps with the incremental policy compiler and push only to the nodes
+//! whose netmap changed, each with its next monotonic version.
+//!
+//! One async mutex serialises changes, so versions are assigned and stored
+//! in order and a push never overtakes an older one. Each update is sent as a
+//! full netmap (the compiler also produces per-peer deltas; sending them is a
+//! later step, see docs/architecture.md). Streams are bounded channels: a
+//! node too slow to drain its channel is disconnected and gets the full
+//! current netmap when it reconnects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use segmesh_config::compile::Compiler;
+use segmesh_config::control::{Rotation, StreamMessage};
+use segmesh_config::{Inventory, InventoryNode, NetMap, NodeName, Policy};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::clock::Now;
+use crate::metrics::Metrics;
+use crate::store::{NodeRecord, Store, StoreError};
+
+/// Per-stream channel depth; a node this far behind is disconnected.
+const STREAM_DEPTH: usize = 16;
+
+/// The state of one active (enrolled, not revoked) node.
+#[derive(Debug)]
+struct Slot {
+    id: i64,
+    /// The current netmap, with its version.
+    map: NetMap,
+    acked: u64,
+    stream: Option<(u64, mpsc::Sender<Bytes>)>,
+    /// When each not-yet-acked version was pushed (apply latency).
+    pushed_at: BTreeMap<u64, Instant>,
+}
+
+#[derive(Debug)]
+struct State {
+    compiler: Compiler,
+    slots: BTreeMap<NodeName, Slot>,
+    next_conn: u64,
+}
+
+/// How many of the nodes a change was pushed to acked it, and how fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AckReport {
+    pub acked: usize,
+    pub total: usize,
+    pub elapsed_ms: u64,
+}
+
+/// The netmap distributor. Shared by all API handlers.
+#[derive(Debug)]
+pub struct Distributor {
+    store: Arc<dyn Store>,
+    overlay: Vec<IpNet>,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+    /// Bumped on every ack, to wake [`Distributor::wait_acks`].
+    acks: watch::Sender<u64>,
+}
+
+/// The compiler's view of a stored node.
+pub fn inventory_node(n: &NodeRecord) -> InventoryNode {
+    InventoryNode {
+        name: n.name.clone(),
+        labels: n.labels.clone(),
+        public_key: n.public_key,
+        addresses: n.addresses(),
+        endpoints: n.endpoints.clone(),
+    }
+}
+
+/// The inventory of all active nodes.
+pub fn inventory(nodes: &[NodeRecord], overlay: &[IpNet]) -> Inventory {
+    Inventory {
+        overlay: overlay.to_vec(),
+        nodes: nodes
+            .iter()
+            .filter(|n| !n.revoked)
+            .map(inventory_node)
+            .collect(),
+    }
+}
+
+/// The policy currently in force (an empty, deny-all one before any apply).
+pub async fn current_policy(store: &dyn Store) -> Result<Policy, StoreError> {
+    match store.policy().await? {
+        Some(p) => Policy::parse(&format!("policy v{}", p.version), &p.text)
+            .map_err(|e| StoreError::Corrupt(format!("stored policy v{}: {e}", p.version))),
+        None => Ok(Policy::empty("(no policy applied)")),
+    }
+}
+
+fn same_content(a: &NetMap, b: &NetMap) -> bool {
+    a.node == b.node && a.overlay == b.overlay && a.peers == b.peers && a.format == b.format
+}
+
+fn line(msg: &StreamMessage) -> Bytes {
+    let mut v = serde_json::to_vec(msg).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+impl Distributor {
+    /// Loads state and compiles every netmap. A node keeps its stored
+    /// version when its netmap is unchanged since the last run.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        overlay: Vec<IpNet>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let nodes = store.list_nodes().await?;
+        let policy = current_policy(store.as_ref()).await?;
+        let compiler = Compiler::new(&inventory(&nodes, &overlay), &policy);
+        let mut slots = BTreeMap::new();
+        for n in nodes.iter().filter(|n| !n.revoked) {
+            let Some(mut map) = compiler.netmap(&n.name) else {
+                continue;
+            };
+            let stored = store.latest_netmap(n.id).await?;
+            let unchanged = stored
+                .as_ref()
+                .and_then(|(_, body)| NetMap::from_json(body.as_bytes()).ok())
+                .is_some_and(|old| same_content(&old, &map));
+            map.version = n.netmap_version;
+            if !unchanged {
+                map.version += 1;
+                store
+                    .record_netmap(n.id, map.version, &map.to_json_pretty())
+                    .await?;
+            }
+            slots.insert(
+                n.name.clone(),
+                Slot {
+                    id: n.id,
+                    map,
+                    acked: n.acked_version,
+                    stream: None,
+                    pushed_at: BTreeMap::new(),
+                },
+            );
+        }
+        Ok(Self {
+            store,
+            overlay,
+            metrics,
+            state: Mutex::new(State {
+                compiler,
+                slots,
+                next_conn: 0,
+            }),
+            acks: watch::channel(0).0,
+        })
+    }
+
+    /// Re-reads one node from the store (after enroll, label, revoke,
+    /// endpoint or key change) and pushes to every node whose netmap
+    /// changed. Returns the pushed versions by node.
+    pub async fn node_changed(
+        &self,
+        name: &NodeName,
+        rotations: Vec<Rotation>,
+        now: Instant,
+    ) -> Result<BTreeMap<NodeName, u64>, StoreError> {
+        let rec = self.store.node(name).await?;
+        let mut st = self.state.lock().await;
+        let changes = match &rec {
+            Some(n) if !n.revoked => st.compiler.upsert_node(inventory_node(n)),
+            _ => st.compiler.remove_node(name),
+        };
+        if !matches!(&rec, Some(n) if !n.revoked) {
+            // Dropping the sender ends the node's stream.
+            st.slots.remove(name);
+        }
+        let names: Vec<NodeName> = changes.nodes.keys().cloned().collect();
+        self.publish(&mut st, rec.as_ref(), &names, &rotations, now)
+            .await
+    }
+
+    /// Installs a new policy and pushes every netmap that changed.
+    pub async fn policy_changed(
+        &self,
+        policy: &Policy,
+        now: Instant,
+    ) -> Result<BTreeMap<NodeName, u64>, StoreError> {
+        let mut st = self.state.lock().await;
+        let inv = st.compiler.inventory();
+        st.compiler = Compiler::new(&inv, policy);
+        let names: Vec<NodeName> = st.slots.keys().cloned().collect();
+        self.publish(&mut st, None, &names, &[], now).await
+    }
+
+    /// Recomputes `names`, records new versions, pushes to connected nodes.
+    async fn publish(
+        &self,
+        st: &mut State,
+        new_node: Option<&NodeRecord>,
+        names: &[NodeName],
+        rotations: &[Rotation],
+        now: Instant,
+    ) -> Result<BTreeMap<NodeName, u64>, StoreError> {
+        let mut pushed = BTreeMap::new();
+        for name in names {
+            let Some(mut map) = st.compiler.netmap(name) else {
+                continue;
+            };
+            let mut fresh = false;
+            if !st.slots.contains_key(name) {
+                // A newly enrolled node: continue from its stored version.
+                let Some(rec) = new_node.filter(|n| &n.name == name) else {
+                    continue;
+                };
+                fresh = true;
+                let mut start = map.clone();
+                start.version = rec.netmap_version;
+                st.slots.insert(
+                    name.clone(),
+                    Slot {
+                        id: rec.id,
+                        map: start,
+                        acked: rec.acked_version,
+                        stream: None,
+                        pushed_at: BTreeMap::new(),
+                    },
+                );
+            }
+            let Some(slot) = st.slots.get_mut(name) else {
+                continue;
+            };
+            if !fresh && same_content(&slot.map, &map) {
+                continue;
+            }
+            map.version = slot.map.version + 1;
+            self.store
+                .record_netmap(slot.id, map.version, &map.to_json_pretty())
+                .await?;
+            slot.map = map;
+            slot.pushed_at.insert(slot.map.version, now);
+            pushed.insert(name.clone(), slot.map.version);
+            let rot: Vec<Rotation> = rotations
+                .iter()
+                .filter(|r| slot.map.peer(&r.new).is_some())
+                .cloned()
+                .collect();
+            self.send(slot, rot);
+        }
+        Ok(pushed)
+    }
+
+    fn send(&self, slot: &mut Slot, rotations: Vec<Rotation>) {
+        let Some((_, tx)) = &slot.stream else {
+            return;
+        };
+        let msg = StreamMessage::Netmap {
+            netmap: slot.map.clone(),
+            rotations,
+        };
+        if tx.try_send(line(&msg)).is_ok() {
+            self.metrics.pushes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tracing::warn!(node = %slot.map.node.name, "stream too slow or closed; disconnecting");
+            slot.stream = None;
+        }
+    }
+
+    /// Opens a node's stream: the current netmap is queued first. A second
+    /// stream for the same node replaces (and so closes) the first.
+    pub async fn subscribe(&self, name: &NodeName) -> Option<(u64, mpsc::Receiver<Bytes>)> {
+        let mut st = self.state.lock().await;
+        st.next_conn += 1;
+        let conn = st.next_conn;
+        let slot = st.slots.get_mut(name)?;
+        let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+        slot.stream = Some((conn, tx));
+        self.send(slot, Vec::new());
+        Some((conn, rx))
+    }
+
+    /// Forgets a stream that ended (unless a newer one replaced it).
+    pub async fn unsubscribe(&self, name: &NodeName, conn: u64) {
+        let mut st = self.state.lock().await;
+        if let Some(slot) = st.slots.get_mut(name)
+            && slot.stream.as_ref().is_some_and(|(c, _)| *c == conn)
+        {
+            slot.stream = None;
+        }
+    }
+
+    /// Records that the node applied `version`.
+    pub async fn ack(&self, name: &NodeName, version: u64, now: Now) -> Result<(), StoreError> {
+        let mut st = self.state.lock().await;
+        let slot = st
+            .slots
+            .get_mut(name)
+            .ok_or_else(|| StoreError::NotFound(format!("node {name}")))?;
+        if version > slot.map.version {
+            return Err(StoreError::Invalid(format!(
+                "version {version} was never sent (latest is {})",
+                slot.map.version
+            )));
+        }
+        if version <= slot.acked {
+            return Ok(()); // duplicate or reordered ack: harmless
+        }
+        self.store.ack_netmap(slot.id, version, now.unix).await?;
+        slot.acked = version;
+        if let Some(at) = slot.pushed_at.get(&version) {
+            self.metrics
+                .observe_apply(now.instant.saturating_duration_since(*at));
+        }
+        slot.pushed_at.retain(|v, _| *v > version);
+        self.metrics.acks.fetch_add(1, Ordering::Relaxed);
+        drop(st);
+        self.acks.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Waits until every node in `targets` acked at least its version, or
+    /// `timeout` passes (nodes that are gone count as not acked).
+    pub async fn wait_acks(
+        &self,
+        targets: &BTreeMap<NodeName, u64>,
+        start: Instant,
+        timeout: Duration,
+    ) -> AckReport {
+        let mut rx = self.acks.subscribe();
+        let deadline = tokio::time::Instant::from_std(start + timeout);
+        loop {
+            let acked = {
+                let st = self.state.lock().await;
+                targets
+                    .iter()
+                    .filter(|(n, v)| st.slots.get(*n).is_some_and(|s| s.acked >= **v))
+                    .count()
+            };
+            let done = acked == targets.len();
+            let timed_out = tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err();
+            if done || timed_out {
+                #[allow(clippy::disallowed_methods)] // measuring a real wait
+                let elapsed = Instant::now().saturating_duration_since(start);
+                return AckReport {
+                    acked,
+                    total: targets.len(),
+                    elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                };
+            }
+        }
+    }
+
+    /// The netmap the node should have now (with its current version).
+    pub async fn expected(&self, name: &NodeName) -> Option<NetMap> {
+        self.state
+            .lock()
+            .await
+            .slots
+            .get(name)
+            .map(|s| s.map.clone())
+    }
+
+    /// Whether the node has a stream open.
+    pub async fn connected(&self) -> BTreeMap<NodeName, bool> {
+        let st = self.state.lock().await;
+        st.slots
+            .iter()
+            .map(|(n, s)| (n.clone(), s.stream.is_some()))
+            .collect()
+    }
+
+    /// The compiler's current inventory (active nodes) and policy.
+    pub async fn snapshot(&self) -> (Inventory, Policy) {
+        let st = self.state.lock().await;
+        (st.compiler.inventory(), st.compiler.policy().clone())
+    }
+
+    /// Overlay prefixes every node routes.
+    pub fn overlay(&self) -> &[IpNet] {
+        &self.overlay
+    }
+}
