@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
-use segmesh_config::policy::Policy;
-use segmesh_config::{Inventory, NETMAP_FORMAT, NetMap, Peer, PortSet, PublicKey, SelfNode};
+use segmesh_config::{NETMAP_FORMAT, NetMap, Peer, PortSet, PublicKey, SelfNode};
 
+use crate::cmd::run;
 use crate::lab::Lab;
-use crate::node::NodeSetup;
+use crate::node::{NodeSetup, bin_path};
 
 /// The overlay IPv4 address of a node: 100.80.0.N for underlay 10.77.0.N.
 pub fn overlay_v4(node: &NodeSetup) -> Ipv4Addr {
@@ -54,20 +54,40 @@ pub fn inventory_toml(nodes: &[(&NodeSetup, &str)]) -> String {
     out
 }
 
-/// Writes `policy.toml` and `inventory.toml` into the lab and compiles every
-/// node's netmap with the policy compiler.
-pub fn compile_netmaps(lab: &Lab, policy: &str, inventory: &str) -> BTreeMap<String, NetMap> {
+/// Writes `policy.toml` and `inventory.toml` into the lab and compiles the
+/// netmap of each node in `names` the way an operator does:
+/// `segmeshctl policy netmap policy.toml --inventory inventory.toml --node NAME --json`.
+pub fn compile_netmaps(
+    lab: &Lab,
+    policy: &str,
+    inventory: &str,
+    names: &[&str],
+) -> BTreeMap<String, NetMap> {
     let policy_path = lab.path("policy.toml");
     let inventory_path = lab.path("inventory.toml");
     std::fs::write(&policy_path, policy).expect("write policy");
     std::fs::write(&inventory_path, inventory).expect("write inventory");
-    let inv = Inventory::from_toml(&inventory_path.display().to_string(), inventory)
-        .unwrap_or_else(|e| panic!("inventory: {e}"));
-    let pol = Policy::parse(&policy_path.display().to_string(), policy)
-        .unwrap_or_else(|e| panic!("policy: {e}"));
-    segmesh_config::compile::compile(&inv, &pol)
-        .into_iter()
-        .map(|(name, map)| (name.to_string(), map))
+    let ctl = bin_path("segmeshctl");
+    names
+        .iter()
+        .map(|name| {
+            let out = run(
+                ctl.to_str().expect("utf-8 path"),
+                &[
+                    "policy",
+                    "netmap",
+                    policy_path.to_str().expect("utf-8 path"),
+                    "--inventory",
+                    inventory_path.to_str().expect("utf-8 path"),
+                    "--node",
+                    name,
+                    "--json",
+                ],
+            );
+            let map = NetMap::from_json(&out.stdout)
+                .unwrap_or_else(|e| panic!("segmeshctl's netmap for {name}: {e}"));
+            (name.to_string(), map)
+        })
         .collect()
 }
 

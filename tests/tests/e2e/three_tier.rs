@@ -36,7 +36,7 @@ fn three_tier_paths_exist_only_where_the_policy_says() {
     let api = NodeSetup::new(&lab, &ha, "api-1");
     let db = NodeSetup::new(&lab, &hd, "db-1");
     let inv = inventory_toml(&[(&web, "role=web"), (&api, "role=api"), (&db, "role=db")]);
-    let maps = compile_netmaps(&lab, THREE_TIER, &inv);
+    let maps = compile_netmaps(&lab, THREE_TIER, &inv, &["web-1", "api-1", "db-1"]);
     // Need-to-know: web-1 is never told about db-1, and db-1 knows api-1 only
     // by key and address (no endpoint: it may not initiate).
     assert!(maps["web-1"].peer(&db.public_key).is_none());
