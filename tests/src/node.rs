@@ -19,7 +19,14 @@ pub const WG_PORT: u16 = 51820;
 /// The path of a binary built from this workspace (`segmesh-node`,
 /// `segmeshctl`, `probe`): cargo puts workspace binaries in the target
 /// directory that holds the test executable (`target/debug/deps/..`).
+/// `SEGMESH_NODE_BIN` overrides the `segmesh-node` binary (e.g. to test a
+/// release build).
 pub fn bin_path(name: &str) -> PathBuf {
+    if name == "segmesh-node"
+        && let Some(p) = std::env::var_os("SEGMESH_NODE_BIN")
+    {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
         .parent()
@@ -67,7 +74,7 @@ impl NodeSetup {
         NodeSetup {
             name: name.to_string(),
             host: host.clone(),
-            interface: format!("sm{}n{index}", lab.tag),
+            interface: lab.iface(&format!("n{index}")),
             key_path,
             public_key,
             netmap_path: lab.path(&format!("{name}.netmap.json")),

@@ -6,6 +6,8 @@
 //! probe connect ADDR:PORT [--timeout-ms N] [--message TEXT]
 //!                                        # one JSON line {"ok","ms","reply"|"error","errno"}; exit 1 on failure
 //! probe udp-hold ADDR:PORT              # binds a UDP port and keeps it; prints "ready"
+//! probe udp-send ADDR:PORT PAYLOAD_HEX [--count N]
+//!                                        # sends N datagrams (default 1)
 //! probe stream ADDR:PORT [--interval-ms N] [--duration-ms N]
 //!                                        # echo every interval; prints "ok UNIX_MS" per echo, "fail UNIX_MS ERR" at the end
 //! ```
@@ -22,7 +24,8 @@ fn main() -> ExitCode {
         Some("connect") => connect(&args[1..]),
         Some("stream") => stream(&args[1..]),
         Some("udp-hold") => udp_hold(&args[1..]),
-        _ => Err("usage: probe listen|connect|stream|udp-hold ADDR:PORT [options]".into()),
+        Some("udp-send") => udp_send(&args[1..]),
+        _ => Err("usage: probe listen|connect|stream|udp-hold|udp-send ADDR:PORT [options]".into()),
     };
     match result {
         Ok(code) => code,
@@ -86,6 +89,26 @@ fn udp_hold(args: &[String]) -> Result<ExitCode, String> {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+fn udp_send(args: &[String]) -> Result<ExitCode, String> {
+    let at = addr(args)?;
+    let hex = args.get(1).ok_or("missing PAYLOAD_HEX")?;
+    let payload = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|e| format!("bad hex {hex:?}: {e}"))?;
+    let count: u32 = opt(args, "--count")
+        .map(|c| c.parse().map_err(|e| format!("--count {c:?}: {e}")))
+        .transpose()?
+        .unwrap_or(1);
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    for _ in 0..count {
+        sock.send_to(&payload, at)
+            .map_err(|e| format!("send to {at}: {e}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn echo(conn: TcpStream) {

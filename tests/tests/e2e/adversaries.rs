@@ -152,3 +152,69 @@ fn a_forged_inner_source_is_dropped_and_counted() {
         .expect("x-1 peer");
     assert!(p.last_handshake_unix_ms.is_some(), "{p:?}");
 }
+
+#[test]
+fn garbage_datagrams_are_counted_and_the_node_keeps_working() {
+    let lab = Lab::new("junk");
+    let (hw, ha, hj) = (lab.host("web-1"), lab.host("api-1"), lab.host("junk"));
+    let web = NodeSetup::new(&lab, &hw, "web-1");
+    let api = NodeSetup::new(&lab, &ha, "api-1");
+    web.write_netmap(&netmap(
+        &web,
+        &[addr(&web)],
+        vec![peer(
+            api.public_key,
+            "api-1",
+            &[addr(&api)],
+            Some(api.endpoint()),
+            &["tcp/8080"],
+            &[],
+        )],
+    ));
+    api.write_netmap(&netmap(
+        &api,
+        &[addr(&api)],
+        vec![peer(
+            web.public_key,
+            "web-1",
+            &[addr(&web)],
+            None,
+            &[],
+            &["tcp/8080"],
+        )],
+    ));
+    let web = web.start(&lab);
+    let api = api.start(&lab);
+    let to = api.setup.endpoint().to_string();
+    let probe_bin = segmesh_e2e::bin_path("probe");
+    let probe_bin = probe_bin.to_str().expect("utf-8");
+    // Empty-ish, truncated handshake, unknown type, a data header with a
+    // bogus receiver index, and 1400 random-looking bytes.
+    let junk = [
+        "00".to_string(),
+        "01000000".to_string(),
+        format!("01000000{}", "ab".repeat(60)),
+        format!("ff{}", "00".repeat(40)),
+        format!("04000000{}", "11".repeat(60)),
+        (0..1400)
+            .map(|i| format!("{:02x}", (i * 37 + 11) % 256))
+            .collect::<String>(),
+    ];
+    for j in &junk {
+        let out = segmesh_e2e::run_in(&hj.ns, probe_bin, &["udp-send", &to, j, "--count", "5"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until(Duration::from_secs(5), "api-1 to count bad packets", || {
+        (api.status().drops.bad_packet > 0).then_some(())
+    });
+    let mut api = api;
+    assert!(api.proc.try_exit().is_none(), "api-1 died on garbage");
+    let api_8080 = SocketAddr::new(addr(&api.setup), 8080);
+    let _l = probe::listen(&lab, &ha, api_8080);
+    probe::connect_eventually(web.ns(), api_8080, Duration::from_secs(10));
+    println!("api-1 drops after junk: {:?}", api.status().drops);
+}

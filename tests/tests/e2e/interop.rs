@@ -14,7 +14,7 @@ fn wireguard_go_and_segmesh_node_carry_tcp_both_ways() {
     let lab = Lab::new("wggo");
     let (hs, hg) = (lab.host("seg-1"), lab.host("wggo-1"));
     let seg = NodeSetup::new(&lab, &hs, "seg-1");
-    let go_if = format!("wg{}g", lab.tag);
+    let go_if = lab.iface("wggo");
     let go_addr: IpAddr = "100.80.0.2".parse().expect("ip");
     let go_endpoint = SocketAddr::new(IpAddr::V4(hg.underlay), WG_PORT);
 

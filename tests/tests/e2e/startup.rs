@@ -49,3 +49,36 @@ fn a_port_already_in_use_is_a_clear_error() {
     assert!(err.contains(&WG_PORT.to_string()), "{err}");
     assert!(err.to_lowercase().contains("in use"), "{err}");
 }
+
+#[test]
+fn sigterm_stops_the_node_and_removes_its_sockets_and_interface() {
+    let lab = Lab::new("term");
+    let h = lab.host("n-1");
+    let n = NodeSetup::new(&lab, &h, "n-1");
+    n.write_netmap(&netmap(&n, &[addr(&n)], vec![]));
+    let mut node = n.start(&lab);
+    let uapi = segmesh_node::uapi::socket_path(&node.setup.interface);
+    assert!(uapi.exists(), "no UAPI socket at {}", uapi.display());
+
+    node.proc.signal(libc::SIGTERM);
+    let status = wait_until(
+        Duration::from_secs(5),
+        "the node to exit on SIGTERM",
+        || node.proc.try_exit(),
+    );
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        node.proc.stderr_text()
+    );
+    assert!(!uapi.exists(), "UAPI socket left behind");
+    assert!(
+        !node.setup.control_socket.exists(),
+        "control socket left behind"
+    );
+    let link = std::process::Command::new("ip")
+        .args(["-n", &h.ns, "link", "show", &node.setup.interface])
+        .output()
+        .expect("ip");
+    assert!(!link.status.success(), "interface left behind");
+}

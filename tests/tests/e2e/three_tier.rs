@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use segmesh_e2e::mesh::{addr, compile_netmaps, inventory_toml};
+use segmesh_e2e::mesh::{addr, compile_netmaps, inventory_toml, overlay_v6};
 use segmesh_e2e::{Lab, NodeSetup, probe};
 
 /// web -> api on tcp/8080, api -> db on tcp/5432, nothing else.
@@ -76,6 +76,23 @@ fn three_tier_paths_exist_only_where_the_policy_says() {
     assert!(c.ms < 1000, "refusal should be immediate: {c:?}");
     assert!(web.status().drops.no_route >= 1);
 
+    // The same over IPv6: the allowed path works, the missing one is refused
+    // at once (ICMPv6 "administratively prohibited" maps to EACCES).
+    let api6_8080 = SocketAddr::new(overlay_v6(&api.setup).into(), 8080);
+    let _l_api6 = probe::listen(&lab, &ha, api6_8080);
+    let (c, _) = probe::connect_eventually(web.ns(), api6_8080, Duration::from_secs(5));
+    assert_eq!(c.reply.as_deref(), Some("segmesh"));
+    let c = probe::connect(
+        web.ns(),
+        SocketAddr::new(overlay_v6(&db.setup).into(), 5432),
+        Duration::from_secs(5),
+    );
+    assert!(!c.ok && c.ms < 1000, "{c:?}");
+    assert!(
+        matches!(c.errno, Some(libc::EACCES) | Some(libc::EHOSTUNREACH)),
+        "{c:?}"
+    );
+
     // web-1 -> api-1:22 is not in web-1's outbound ports: refused, counted.
     let policy_before = web.status().drops.policy + api.status().drops.policy;
     let c = probe::connect(web.ns(), api_22, Duration::from_secs(2));
@@ -117,6 +134,27 @@ fn three_tier_paths_exist_only_where_the_policy_says() {
         "{p:?}"
     );
     assert_eq!(p.endpoint, Some(api.setup.endpoint()));
+
+    // The human table names the peer and how long ago it shook hands.
+    let table = segmesh_e2e::run(
+        segmesh_e2e::bin_path("segmesh-node")
+            .to_str()
+            .expect("utf-8 path"),
+        &[
+            "status",
+            "--socket",
+            web.setup.control_socket.to_str().expect("utf-8 path"),
+        ],
+    );
+    let table = String::from_utf8_lossy(&table.stdout);
+    println!("{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("api-1 ") && l.contains(" ago ")),
+        "{table}"
+    );
+    assert!(table.contains("drops: unknown_key 0, no_route "), "{table}");
 
     // The flow log has the allowed web -> api flow.
     let log = std::fs::read_to_string(&web.setup.flow_log).unwrap_or_default();
