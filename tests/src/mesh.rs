@@ -9,7 +9,7 @@ use segmesh_config::{NETMAP_FORMAT, NetMap, Peer, PortSet, PublicKey, SelfNode};
 
 use crate::cmd::run;
 use crate::lab::Lab;
-use crate::node::{NodeSetup, bin_path};
+use crate::node::{NodeHandle, NodeSetup, bin_path};
 
 /// The overlay IPv4 address of a node: 100.80.0.N for underlay 10.77.0.N.
 pub fn overlay_v4(node: &NodeSetup) -> Ipv4Addr {
@@ -138,4 +138,37 @@ pub fn peer(
         labels: None,
         endpoints: endpoint.filter(|_| known).map(|e| vec![e]),
     }
+}
+
+/// Two running nodes on hosts `web-1` and `api-1`: web-1 may open tcp/8080
+/// on api-1, nothing else.
+pub fn web_api_pair(lab: &Lab) -> (NodeHandle, NodeHandle) {
+    let (hw, ha) = (lab.host("web-1"), lab.host("api-1"));
+    let web = NodeSetup::new(lab, &hw, "web-1");
+    let api = NodeSetup::new(lab, &ha, "api-1");
+    web.write_netmap(&netmap(
+        &web,
+        &[addr(&web)],
+        vec![peer(
+            api.public_key,
+            "api-1",
+            &[addr(&api)],
+            Some(api.endpoint()),
+            &["tcp/8080"],
+            &[],
+        )],
+    ));
+    api.write_netmap(&netmap(
+        &api,
+        &[addr(&api)],
+        vec![peer(
+            web.public_key,
+            "web-1",
+            &[addr(&web)],
+            None,
+            &[],
+            &["tcp/8080"],
+        )],
+    ));
+    (web.start(lab), api.start(lab))
 }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use segmesh_e2e::mesh::{addr, netmap, peer};
+use segmesh_e2e::mesh::{addr, netmap, peer, web_api_pair};
 use segmesh_e2e::{Lab, NodeSetup, Proc, WG_PORT, probe, run, wait_until};
 
 #[test]
@@ -156,35 +156,8 @@ fn a_forged_inner_source_is_dropped_and_counted() {
 #[test]
 fn garbage_datagrams_are_counted_and_the_node_keeps_working() {
     let lab = Lab::new("junk");
-    let (hw, ha, hj) = (lab.host("web-1"), lab.host("api-1"), lab.host("junk"));
-    let web = NodeSetup::new(&lab, &hw, "web-1");
-    let api = NodeSetup::new(&lab, &ha, "api-1");
-    web.write_netmap(&netmap(
-        &web,
-        &[addr(&web)],
-        vec![peer(
-            api.public_key,
-            "api-1",
-            &[addr(&api)],
-            Some(api.endpoint()),
-            &["tcp/8080"],
-            &[],
-        )],
-    ));
-    api.write_netmap(&netmap(
-        &api,
-        &[addr(&api)],
-        vec![peer(
-            web.public_key,
-            "web-1",
-            &[addr(&web)],
-            None,
-            &[],
-            &["tcp/8080"],
-        )],
-    ));
-    let web = web.start(&lab);
-    let api = api.start(&lab);
+    let (web, api) = web_api_pair(&lab);
+    let hj = lab.host("junk");
     let to = api.setup.endpoint().to_string();
     let probe_bin = segmesh_e2e::bin_path("probe");
     let probe_bin = probe_bin.to_str().expect("utf-8");
@@ -214,7 +187,7 @@ fn garbage_datagrams_are_counted_and_the_node_keeps_working() {
     let mut api = api;
     assert!(api.proc.try_exit().is_none(), "api-1 died on garbage");
     let api_8080 = SocketAddr::new(addr(&api.setup), 8080);
-    let _l = probe::listen(&lab, &ha, api_8080);
+    let _l = probe::listen(&lab, &api.setup.host, api_8080);
     probe::connect_eventually(web.ns(), api_8080, Duration::from_secs(10));
     println!("api-1 drops after junk: {:?}", api.status().drops);
 }

@@ -4,40 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use segmesh_e2e::mesh::{addr, netmap, peer};
-use segmesh_e2e::{Lab, NodeHandle, NodeSetup, Proc, bin_path, probe, wait_until};
-
-/// web-1 may open tcp/8080 on api-1; returns both running nodes.
-fn pair(lab: &Lab) -> (NodeHandle, NodeHandle) {
-    let (hw, ha) = (lab.host("web-1"), lab.host("api-1"));
-    let web = NodeSetup::new(lab, &hw, "web-1");
-    let api = NodeSetup::new(lab, &ha, "api-1");
-    web.write_netmap(&netmap(
-        &web,
-        &[addr(&web)],
-        vec![peer(
-            api.public_key,
-            "api-1",
-            &[addr(&api)],
-            Some(api.endpoint()),
-            &["tcp/8080"],
-            &[],
-        )],
-    ));
-    api.write_netmap(&netmap(
-        &api,
-        &[addr(&api)],
-        vec![peer(
-            web.public_key,
-            "web-1",
-            &[addr(&web)],
-            None,
-            &[],
-            &["tcp/8080"],
-        )],
-    ));
-    (web.start(lab), api.start(lab))
-}
+use segmesh_e2e::mesh::{addr, netmap, web_api_pair};
+use segmesh_e2e::{Lab, Proc, bin_path, probe, wait_until};
 
 fn unix_ms() -> u128 {
     #[allow(clippy::disallowed_methods)] // the cut-off is measured in real time
@@ -50,7 +18,7 @@ fn unix_ms() -> u128 {
 #[test]
 fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
     let lab = Lab::new("hup");
-    let (web, api) = pair(&lab);
+    let (web, api) = web_api_pair(&lab);
     let api_8080 = SocketAddr::new(addr(&api.setup), 8080);
     let _l = probe::listen(&lab, &api.setup.host, api_8080);
     probe::connect_eventually(web.ns(), api_8080, Duration::from_secs(10));
@@ -130,7 +98,7 @@ fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
 #[test]
 fn a_netmap_that_does_not_parse_keeps_the_old_one() {
     let lab = Lab::new("badmap");
-    let (web, api) = pair(&lab);
+    let (web, api) = web_api_pair(&lab);
     let api_8080 = SocketAddr::new(addr(&api.setup), 8080);
     let _l = probe::listen(&lab, &api.setup.host, api_8080);
     probe::connect_eventually(web.ns(), api_8080, Duration::from_secs(10));
