@@ -206,22 +206,36 @@ fn bind_udp(
     Err(e).with_context(|| format!("binding UDP {addr}"))
 }
 
-fn set_buffers(sock: &std::net::UdpSocket) {
+fn setsockopt_int(sock: &std::net::UdpSocket, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        let v = SOCKET_BUFFER;
-        // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(error = %io::Error::last_os_error(), "setting socket buffer size");
+    // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Large socket buffers absorb bursts; the FORCE variants (we hold
+/// CAP_NET_ADMIN anyway, for the TUN) go past `net.core.rmem_max`.
+fn set_buffers(sock: &std::net::UdpSocket) {
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(sock, force, SOCKET_BUFFER).is_err()
+            && let Err(e) = setsockopt_int(sock, plain, SOCKET_BUFFER)
+        {
+            tracing::debug!(error = %e, "setting socket buffer size");
         }
     }
 }
@@ -594,5 +608,48 @@ mod tests {
         assert_eq!(prefix_for("100.64.1.2".parse().unwrap(), &overlay), 16);
         assert_eq!(prefix_for("fd5e::2".parse().unwrap(), &overlay), 64);
         assert_eq!(prefix_for("10.1.1.1".parse().unwrap(), &overlay), 32);
+    }
+
+    fn config(port: u16) -> NodeConfig {
+        let text = format!(
+            "private_key_file = \"k\"\nnetmap_file = \"n\"\nlisten_port = {port}\nlisten_address = \"127.0.0.1\"\n"
+        );
+        NodeConfig::parse(&text, Path::new("/etc/segmesh/node.toml")).unwrap()
+    }
+
+    #[test]
+    fn port_in_use_is_a_clear_error() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = bind_udp(&config(port), Path::new("/etc/segmesh/node.toml")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&format!("UDP port {port} is already in use")),
+            "{msg}"
+        );
+        assert!(msg.contains("/etc/segmesh/node.toml"), "{msg}");
+        drop(taken);
+        let (sock, v6) = bind_udp(&config(0), Path::new("x")).unwrap();
+        assert!(!v6 && sock.local_addr().unwrap().port() != 0);
+    }
+
+    #[test]
+    fn bad_netmaps_name_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("netmap.json");
+        std::fs::write(&path, "{\"format\": 1").unwrap();
+        let msg = format!("{:#}", load_netmap(&path).unwrap_err());
+        assert!(
+            msg.starts_with(&format!("netmap {}: ", path.display())),
+            "{msg}"
+        );
+        std::fs::write(&path, r#"{"format": 9, "version": 1, "node": {"name": "a", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "addresses": []}, "peers": []}"#).unwrap();
+        let msg = format!("{:#}", load_netmap(&path).unwrap_err());
+        assert!(msg.contains("format 9 is not supported"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            load_netmap(&dir.path().join("missing.json")).unwrap_err()
+        );
+        assert!(msg.contains("missing.json"), "{msg}");
     }
 }
