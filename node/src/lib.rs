@@ -6,6 +6,7 @@
 //! socket.
 
 pub mod cli;
+pub mod control;
 pub mod core;
 pub mod craft;
 pub mod ctlsock;
