@@ -10,12 +10,14 @@ pub mod compile;
 pub mod control;
 pub mod diff;
 pub mod explain;
+pub mod files;
 pub mod graph;
 pub mod identity;
 pub mod netmap;
 pub mod policy;
 pub mod ports;
 
+pub use files::{FilesError, InterfaceName, NodeConfig};
 pub use identity::{IdentityError, Labels, NodeName, PublicKey};
 pub use netmap::{NETMAP_FORMAT, NetMap, NetMapError, Peer, SelfNode};
 pub use policy::{Policy, PolicyError, PolicyErrors};

@@ -134,3 +134,48 @@ pub async fn prepare(
         ca_created,
     })
 }
+
+/// A coordinator serving in a background task (tests, embedding).
+#[derive(Debug)]
+pub struct Running {
+    pub prepared_ctx: Arc<Ctx>,
+    pub local_addr: std::net::SocketAddr,
+    pub admin_token_created: Option<PathBuf>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Prepares a coordinator and serves it on `listener` in a task.
+pub async fn spawn(
+    cfg: &CoordinatorConfig,
+    listener: tokio::net::TcpListener,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, StartError> {
+    let local_addr = listener.local_addr().map_err(|source| StartError::Io {
+        path: PathBuf::from("listener"),
+        source,
+    })?;
+    let prepared = prepare(cfg, clock).await?;
+    let router = crate::api::router(Arc::clone(&prepared.ctx));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::api::run(listener, prepared.tls, router, async {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        prepared_ctx: prepared.ctx,
+        local_addr,
+        admin_token_created: prepared.admin_token_created,
+        stop: Some(tx),
+        task,
+    })
+}
+
+impl Running {
+    /// Stops accepting, closes every connection and waits for the server task.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}

@@ -30,8 +30,9 @@ const TICK: Duration = Duration::from_millis(250);
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Buffers kept for reuse; beyond this, returned buffers are freed.
 const POOL_MAX: usize = 512;
-/// Largest IP packet; buffers for flushing queued packets must hold one.
-const MAX_IP: usize = 65_535;
+/// Pooled buffers larger than this are freed rather than kept, so one
+/// jumbo datagram does not pin memory for good.
+const POOL_BUF_MAX: usize = 16 * 1024;
 /// WireGuard's data message overhead (header + tag).
 const WG_OVERHEAD: usize = 32;
 /// Handshake initiation size, the minimum for any output buffer.
@@ -121,7 +122,7 @@ impl Io {
     }
 
     fn recycle(&mut self, mut b: Vec<u8>) {
-        if self.pool.len() < POOL_MAX {
+        if self.pool.len() < POOL_MAX && b.capacity() <= POOL_BUF_MAX {
             b.clear();
             self.pool.push(b);
         }
@@ -188,6 +189,8 @@ pub struct Node {
     addresses: Vec<IpAddr>,
     netmap_version: u64,
     next_tick: Instant,
+    /// Largest TUN frame seen: sizes the buffers that flush queued packets.
+    max_frame: usize,
     next_housekeeping: Instant,
 }
 
@@ -204,6 +207,7 @@ impl Node {
             addresses: Vec::new(),
             netmap_version: 0,
             next_tick: now + TICK,
+            max_frame: 1500,
             next_housekeeping: now + HOUSEKEEPING,
         }
     }
@@ -245,6 +249,7 @@ impl Node {
 
     /// A packet read from the TUN device: route, filter, encrypt.
     pub fn handle_tun(&mut self, now: Instant, frame: &[u8]) {
+        self.max_frame = self.max_frame.max(frame.len());
         let pkt = match packet::parse(frame) {
             Ok(p) => p,
             Err(_) => return self.io.drop(DropReason::BadPacket, "tun frame"),
@@ -338,7 +343,8 @@ impl Node {
             let len = if first {
                 datagram.len().max(MIN_BUF)
             } else {
-                MAX_IP + WG_OVERHEAD
+                // Room for the largest packet Tunn may have queued.
+                self.max_frame + WG_OVERHEAD
             };
             let mut buf = self.io.buf(len);
             let out = peer

@@ -5,9 +5,12 @@
 //! driver only moves bytes and time between it, the TUN device and the UDP
 //! socket.
 
+pub mod cli;
+pub mod control;
 pub mod core;
 pub mod craft;
 pub mod ctlsock;
+pub mod dataplane;
 pub mod filter;
 pub mod flowlog;
 pub mod packet;

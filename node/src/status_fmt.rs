@@ -36,7 +36,12 @@ pub fn format_status(s: &NodeStatus, now_unix_ms: u64) -> String {
         s.interface, s.listen_port
     );
     let _ = writeln!(out, "public key: {}", s.public_key);
-    let _ = writeln!(out, "addresses:  {}", join_or_dash(&addrs));
+    let addrs = if addrs.is_empty() {
+        "-".to_string()
+    } else {
+        addrs.join(", ")
+    };
+    let _ = writeln!(out, "addresses:  {addrs}");
     let _ = writeln!(
         out,
         "netmap:     version {}, {} peer{}",

@@ -114,9 +114,20 @@ impl Proc {
         assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
     }
 
-    /// Kills the process and waits for it.
+    /// Stops the process: SIGTERM (so daemons can clean up), then SIGKILL
+    /// if it is still running after a second.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if let Ok(None) = c.try_wait() {
+                // SAFETY: kill(2) on our own unreaped child.
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+                for _ in 0..20 {
+                    if !matches!(c.try_wait(), Ok(None)) {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

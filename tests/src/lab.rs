@@ -59,6 +59,14 @@ impl Lab {
         self.dir.path().join(name)
     }
 
+    /// A machine-unique interface name `sm<tag><suffix>` (at most 15 bytes).
+    /// The lab removes leftover WireGuard UAPI sockets of these names.
+    pub fn iface(&self, suffix: &str) -> String {
+        let name = format!("sm{}{suffix}", self.tag);
+        assert!(name.len() <= 15, "interface name {name} too long");
+        name
+    }
+
     fn add_ns(&self, ns: &str) {
         // A namespace of the same name can only be a leftover of a killed
         // run of this very test binary: remove it.
@@ -143,6 +151,15 @@ impl Drop for Lab {
             let _ = std::process::Command::new("ip")
                 .args(["netns", "del", ns])
                 .status();
+        }
+        // UAPI sockets live outside the namespaces, in a shared directory.
+        let prefix = format!("sm{}", self.tag);
+        if let Ok(dir) = std::fs::read_dir("/var/run/wireguard") {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
     }
 }

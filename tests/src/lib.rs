@@ -9,12 +9,14 @@
 
 pub mod cmd;
 pub mod lab;
+pub mod mesh;
 pub mod node;
+pub mod probe;
 pub mod wait;
 
 pub use cmd::{Proc, run, run_in, sh_in};
 pub use lab::{Host, Lab};
-pub use node::bin_path;
+pub use node::{NodeHandle, NodeSetup, WG_PORT, bin_path};
 pub use wait::wait_until;
 
 /// Fails the test unless it runs as root, saying how to run it.

@@ -5,6 +5,9 @@
 //! probe listen ADDR:PORT                 # echo server; prints "ready", then "accepted PEER" per connection
 //! probe connect ADDR:PORT [--timeout-ms N] [--message TEXT]
 //!                                        # one JSON line {"ok","ms","reply"|"error","errno"}; exit 1 on failure
+//! probe udp-hold ADDR:PORT              # binds a UDP port and keeps it; prints "ready"
+//! probe udp-send ADDR:PORT PAYLOAD_HEX [--count N]
+//!                                        # sends N datagrams (default 1)
 //! probe stream ADDR:PORT [--interval-ms N] [--duration-ms N]
 //!                                        # echo every interval; prints "ok UNIX_MS" per echo, "fail UNIX_MS ERR" at the end
 //! ```
@@ -20,7 +23,9 @@ fn main() -> ExitCode {
         Some("listen") => listen(&args[1..]),
         Some("connect") => connect(&args[1..]),
         Some("stream") => stream(&args[1..]),
-        _ => Err("usage: probe listen|connect|stream ADDR:PORT [options]".into()),
+        Some("udp-hold") => udp_hold(&args[1..]),
+        Some("udp-send") => udp_send(&args[1..]),
+        _ => Err("usage: probe listen|connect|stream|udp-hold|udp-send ADDR:PORT [options]".into()),
     };
     match result {
         Ok(code) => code,
@@ -72,6 +77,36 @@ fn listen(args: &[String]) -> Result<ExitCode, String> {
             let _ = std::io::stdout().flush();
         }
         std::thread::spawn(move || echo(conn));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn udp_hold(args: &[String]) -> Result<ExitCode, String> {
+    let at = addr(args)?;
+    let _sock = std::net::UdpSocket::bind(at).map_err(|e| format!("bind udp {at}: {e}"))?;
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn udp_send(args: &[String]) -> Result<ExitCode, String> {
+    let at = addr(args)?;
+    let hex = args.get(1).ok_or("missing PAYLOAD_HEX")?;
+    let payload = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|e| format!("bad hex {hex:?}: {e}"))?;
+    let count: u32 = opt(args, "--count")
+        .map(|c| c.parse().map_err(|e| format!("--count {c:?}: {e}")))
+        .transpose()?
+        .unwrap_or(1);
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    for _ in 0..count {
+        sock.send_to(&payload, at)
+            .map_err(|e| format!("send to {at}: {e}"))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,17 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::live::ConnArgs;
+use super::live_policy;
+
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// The inventory flag shared by most commands.
 #[derive(Debug, Clone, Args)]
 pub struct InventoryArg {
@@ -72,8 +83,9 @@ pub enum PolicyCommand {
         json: bool,
     },
     /// Say whether a flow is allowed, and which rules decided it.
+    /// Without FILE: against the live coordinator's inventory and policy.
     Explain {
-        file: PathBuf,
+        file: Option<PathBuf>,
         #[command(flatten)]
         inventory: MaybeInventoryArg,
         /// A node name, or labels as key=value,key=value.
@@ -98,13 +110,25 @@ pub enum PolicyCommand {
         json: bool,
     },
     /// Check that netmap files hold exactly what the policy allows.
+    /// Without FILE: compare every node's last acked netmap on the live
+    /// coordinator with its policy.
     Audit {
-        file: PathBuf,
+        file: Option<PathBuf>,
         #[command(flatten)]
-        inventory: InventoryArg,
+        inventory: MaybeInventoryArg,
         /// Directory of netmap JSON files (one per node).
-        #[arg(long, value_name = "DIR")]
-        netmaps: PathBuf,
+        #[arg(long, value_name = "DIR", requires = "file")]
+        netmaps: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a policy on the live coordinator: its [[test]] cases run against
+    /// the live inventory first (refused on failure); prints the diff.
+    Apply {
+        file: PathBuf,
+        /// Show the tests and the diff only.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },
@@ -131,7 +155,7 @@ pub enum GraphFormat {
 }
 
 /// Runs one policy command.
-pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: PolicyCommand, conn: &ConnArgs) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check {
             file,
@@ -163,7 +187,12 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             to,
             port,
             json,
-        } => inspect::explain(&file, inventory.path.as_deref(), &from, &to, &port, json),
+        } => match file {
+            Some(file) => {
+                inspect::explain(&file, inventory.path.as_deref(), &from, &to, &port, json)
+            }
+            None => live_policy::explain(conn, &from, &to, &port, json).map(|_| ExitCode::SUCCESS),
+        },
         PolicyCommand::Diff {
             old,
             new,
@@ -175,7 +204,16 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             inventory,
             netmaps,
             json,
-        } => files::audit(&file, &inventory.path, &netmaps, json),
+        } => match (file, inventory.path, netmaps) {
+            (Some(file), Some(inv), Some(netmaps)) => files::audit(&file, &inv, &netmaps, json),
+            (Some(_), _, _) => anyhow::bail!("an offline audit needs --inventory and --netmaps"),
+            (None, _, _) => live_policy::audit(conn, json).map(exit_code),
+        },
+        PolicyCommand::Apply {
+            file,
+            dry_run,
+            json,
+        } => live_policy::apply(conn, &file, dry_run, json).map(exit_code),
         PolicyCommand::Graph {
             file,
             inventory,

@@ -1,0 +1,260 @@
+//! The netmap stream client: mTLS to the coordinator, apply each netmap
+//! that passes validation and peer pinning, cache it, ack its version;
+//! reconnect with backoff and jitter, trying every coordinator URL.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::{OsRng, RngCore as _};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use segmesh_config::client::{HttpsClient, LineStream, ServerTrust, tls_config};
+use segmesh_config::control::{AckRequest, EndpointsReport, Rotation, StreamMessage};
+use segmesh_config::{NetMap, PublicKey};
+
+use super::backoff::Backoff;
+use super::cache::{CacheError, NetmapCache};
+use super::files::{ControlState, FileError, StateDir, read_secret};
+use super::pin::check_pins;
+
+/// With no line (netmap or heartbeat) for this long, the stream is
+/// considered dead and reopened (the coordinator's heartbeat is 10 s).
+const DEFAULT_IDLE: Duration = Duration::from_secs(35);
+
+/// Why the control client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("TLS material in the state directory: {0}")]
+    Tls(String),
+}
+
+/// What happened on the stream, for callers that want to observe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    Connected(String),
+    Applied(u64),
+    Refused(String),
+    Disconnected(String),
+}
+
+/// The coordinator client of an enrolled node.
+#[derive(Debug)]
+pub struct ControlClient {
+    state: ControlState,
+    public_key: PublicKey,
+    clients: Vec<HttpsClient>,
+    cache: NetmapCache,
+    current: Option<NetMap>,
+    endpoints: EndpointsReport,
+    idle: Duration,
+    backoff: Backoff,
+}
+
+impl ControlClient {
+    /// Loads the state directory, including the cached netmap (refused when
+    /// its integrity check fails).
+    pub fn load(dir: &StateDir, endpoints: EndpointsReport) -> Result<Self, ControlError> {
+        let state = dir.load_control()?;
+        let secret = dir.load_private_key()?;
+        let public_key = PublicKey::from_bytes(
+            boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from(secret))
+                .to_bytes(),
+        );
+        let tls_err = |e: &dyn std::fmt::Display| ControlError::Tls(e.to_string());
+        let ca_pem = std::fs::read(dir.ca_cert()).map_err(|e| tls_err(&e))?;
+        let ca = CertificateDer::pem_slice_iter(&ca_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err(&e))?;
+        let chain = CertificateDer::pem_file_iter(dir.tls_cert())
+            .map_err(|e| tls_err(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(&read_secret(&dir.tls_key())?)
+            .map_err(|e| tls_err(&e))?;
+        let tls = Arc::new(
+            tls_config(&ServerTrust::Ca(ca), Some((chain, key))).map_err(|e| tls_err(&e))?,
+        );
+        let clients = state
+            .urls
+            .iter()
+            .map(|u| HttpsClient::new(u, Arc::clone(&tls)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err(&e))?;
+        let cache = NetmapCache::new(dir.clone(), &secret);
+        let current = cache.load()?;
+        Ok(Self {
+            state,
+            public_key,
+            clients,
+            cache,
+            current,
+            endpoints,
+            idle: DEFAULT_IDLE,
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+        })
+    }
+
+    /// Overrides the dead-stream timeout (tests use short heartbeats).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// The netmap to start the data plane with (the cache), if any.
+    pub fn current(&self) -> Option<&NetMap> {
+        self.current.as_ref()
+    }
+
+    pub fn state(&self) -> &ControlState {
+        &self.state
+    }
+
+    /// Runs until `shutdown` resolves. `apply` installs a netmap in the data
+    /// plane and returns once it is in force; only then is it cached and
+    /// acked. `events` observes the stream.
+    pub async fn run<A, Fut>(
+        &mut self,
+        mut apply: A,
+        events: Option<tokio::sync::mpsc::UnboundedSender<StreamEvent>>,
+        shutdown: impl Future<Output = ()>,
+    ) where
+        A: FnMut(NetMap) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        tokio::pin!(shutdown);
+        let emit = |e: StreamEvent| {
+            if let Some(tx) = &events {
+                let _ = tx.send(e);
+            }
+        };
+        let mut next = 0usize;
+        loop {
+            let client = self.clients[next % self.clients.len()].clone();
+            next += 1;
+            let reason = tokio::select! {
+                () = &mut shutdown => return,
+                r = self.session(&client, &mut apply, &emit) => r,
+            };
+            tracing::warn!(coordinator = client.url(), reason = %reason, "coordinator stream ended");
+            emit(StreamEvent::Disconnected(reason));
+            let delay = self.backoff.next_delay(OsRng.next_u64());
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection: open the stream, report endpoints, then apply and
+    /// ack netmaps until the stream ends. Returns why it ended.
+    async fn session<A, Fut>(
+        &mut self,
+        client: &HttpsClient,
+        apply: &mut A,
+        emit: &impl Fn(StreamEvent),
+    ) -> String
+    where
+        A: FnMut(NetMap) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let mut stream: LineStream = match client.stream("/v1/stream").await {
+            Ok(Ok(s)) => s,
+            Ok(Err(resp)) => {
+                return format!(
+                    "refused ({}): {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                );
+            }
+            Err(e) => return e.to_string(),
+        };
+        self.backoff.reset();
+        tracing::info!(coordinator = client.url(), node = %self.state.name, "coordinator stream open");
+        emit(StreamEvent::Connected(client.url().to_string()));
+        if let Ok(body) = serde_json::to_vec(&self.endpoints) {
+            match client
+                .request("POST", "/v1/endpoints", None, Some(body))
+                .await
+            {
+                Ok(r) if r.status == 204 => {}
+                Ok(r) => tracing::warn!(status = r.status, "endpoint report refused"),
+                Err(e) => return e.to_string(),
+            }
+        }
+        loop {
+            let line = match tokio::time::timeout(self.idle, stream.next_line()).await {
+                Err(_) => return "no heartbeat".into(),
+                Ok(Err(e)) => return e.to_string(),
+                Ok(Ok(None)) => return "closed by the coordinator".into(),
+                Ok(Ok(Some(line))) => line,
+            };
+            let (map, rotations) = match serde_json::from_slice::<StreamMessage>(&line) {
+                Ok(StreamMessage::Heartbeat { .. }) => continue,
+                Ok(StreamMessage::Netmap { netmap, rotations }) => (netmap, rotations),
+                Err(e) => return format!("undecodable message: {e}"),
+            };
+            let version = map.version;
+            match self.accept(map, &rotations, apply).await {
+                Ok(()) => {
+                    emit(StreamEvent::Applied(version));
+                    let ack = serde_json::to_vec(&AckRequest { version }).unwrap_or_default();
+                    match client.request("POST", "/v1/ack", None, Some(ack)).await {
+                        Ok(r) if r.status == 204 => {}
+                        Ok(r) => tracing::warn!(
+                            status = r.status,
+                            netmap_version = version,
+                            "ack refused"
+                        ),
+                        Err(e) => return e.to_string(),
+                    }
+                }
+                Err(why) => {
+                    tracing::error!(netmap_version = version, error = %why, "netmap refused; keeping the previous one");
+                    emit(StreamEvent::Refused(why));
+                }
+            }
+        }
+    }
+
+    /// Validates, pins, applies and caches one netmap.
+    async fn accept<A, Fut>(
+        &mut self,
+        map: NetMap,
+        rotations: &[Rotation],
+        apply: &mut A,
+    ) -> Result<(), String>
+    where
+        A: FnMut(NetMap) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        map.validate().map_err(|e| e.to_string())?;
+        if map.node.public_key != self.public_key {
+            return Err("netmap is for another WireGuard key".into());
+        }
+        if let Some(cur) = &self.current {
+            if map.version < cur.version {
+                return Err(format!(
+                    "netmap version {} is older than the applied {}",
+                    map.version, cur.version
+                ));
+            }
+            check_pins(cur, &map, rotations).map_err(|e| e.to_string())?;
+        }
+        apply(map.clone()).await?;
+        if let Err(e) = self.cache.save(&map) {
+            tracing::error!(error = %e, "cannot write the netmap cache");
+        }
+        tracing::info!(
+            netmap_version = map.version,
+            peers = map.peers.len(),
+            "netmap applied"
+        );
+        self.current = Some(map);
+        Ok(())
+    }
+}
