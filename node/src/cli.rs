@@ -13,7 +13,7 @@ use boringtun::x25519;
 use clap::{Parser, Subcommand};
 use segmesh_config::{NodeConfig, PublicKey};
 
-use crate::{ctlsock, dataplane, status_fmt};
+use crate::{control, ctlsock, dataplane, status_fmt};
 
 /// segmesh node: WireGuard tunnels that enforce a netmap.
 #[derive(Debug, Parser)]
@@ -33,6 +33,8 @@ pub enum Command {
     },
     /// Read a private key on stdin, print its public key.
     Pubkey,
+    /// Enroll with a coordinator using a join token (keys are generated here).
+    Join(control::cli::JoinArgs),
     /// Run the node in the foreground.
     Run {
         /// The node's config file.
@@ -135,11 +137,17 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(dataplane::run(dataplane::Settings {
+    let settings = dataplane::Settings {
         config,
         config_path: config_path.to_path_buf(),
         secret,
-    }))
+        feed: None,
+    };
+    // Coordinator mode when `segmesh-node join` wrote this config.
+    match control::cli::coordinator_state(config_path) {
+        Some(dir) => rt.block_on(control::cli::run_coordinated(dir, settings)),
+        None => rt.block_on(dataplane::run(settings)),
+    }
 }
 
 fn status(config: Option<&Path>, socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
@@ -171,6 +179,7 @@ pub fn main() -> anyhow::Result<()> {
                 .context("reading stdin")?;
             println!("{}", public_of(parse_private_key(&text)?));
         }
+        Command::Join(args) => control::cli::join_command(args)?,
         Command::Run { config } => {
             init_logging();
             run(&config)?;

@@ -56,7 +56,14 @@ pub struct Settings {
     pub config: NodeConfig,
     pub config_path: PathBuf,
     pub secret: [u8; 32],
+    /// Coordinator mode: netmaps arrive here (from `control::stream`)
+    /// instead of being watched in `netmap_file`; each is answered once it
+    /// is applied, so the control client acks only what is in force.
+    pub feed: Option<NetmapFeed>,
 }
+
+/// In-process netmap updates, each with a channel for the apply result.
+pub type NetmapFeed = mpsc::Receiver<(NetMap, tokio::sync::oneshot::Sender<Result<(), String>>)>;
 
 struct Shared {
     core: Mutex<Node>,
@@ -358,7 +365,10 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     tasks.spawn(udp_task(wires.clone()));
     tasks.spawn(timer_task(wires));
     tasks.spawn(event_task(ev_rx, flowlog));
-    tasks.spawn(netmap_task(shared.clone(), cfg.netmap_file.clone(), map));
+    match s.feed {
+        Some(feed) => tasks.spawn(feed_task(shared.clone(), feed)),
+        None => tasks.spawn(netmap_task(shared.clone(), cfg.netmap_file.clone(), map)),
+    };
     let source: Arc<dyn StatusSource> = shared.clone();
     tasks.spawn({
         let source = source.clone();
@@ -517,6 +527,34 @@ async fn event_task(
 
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Coordinator mode: applies each netmap from the control client and
+/// answers with the result.
+async fn feed_task(shared: Arc<Shared>, mut feed: NetmapFeed) -> anyhow::Result<()> {
+    while let Some((map, reply)) = feed.recv().await {
+        let result = shared.lock().apply_netmap(now(), &map);
+        let answer = match result {
+            Ok(diff) => {
+                for p in &diff.removed {
+                    tracing::info!(peer = %p, "peer removed; sessions torn down");
+                }
+                tracing::info!(
+                    netmap_version = map.version,
+                    peers = map.peers.len(),
+                    added = diff.added.len(),
+                    updated = diff.updated.len(),
+                    "netmap applied"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = reply.send(answer);
+    }
+    // The control client is gone: keep forwarding with the last netmap.
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
 /// Applies a new netmap on SIGHUP or when the file changes. A netmap that

@@ -237,3 +237,110 @@ fn garbage_is_counted_not_fatal() {
     assert_eq!(d.unknown_key, 1);
     assert!(core.poll_transmit().is_none());
 }
+
+#[test]
+fn inbound_only_peers_are_never_initiated_to() {
+    // db -> api is allowed (so db may open flows), but api only accepts:
+    // from api's side db is known by key alone, without an endpoint.
+    let mut s = Sim::new(&["api", "db"], 13, 0.0);
+    s.apply(&[("db", "api", &["tcp/8080"])]);
+    let (api, db) = (s.addr("api", false), s.addr("db", false));
+    // A reply-shaped packet from api before db ever spoke: no endpoint, so
+    // nothing leaves api (and the filter refuses it anyway).
+    s.send(
+        "api",
+        &craft::tcp(api, 8080, db, 40000, TCP_SYN | TCP_ACK, &[]),
+    );
+    s.run(Duration::from_secs(10));
+    assert_eq!(
+        s.nodes[s.idx("db")].udp_in,
+        0,
+        "api initiated to an inbound-only peer"
+    );
+    // Once db opens a flow, api learns db's endpoint and replies flow.
+    s.send("db", &craft::tcp(db, 40000, api, 8080, TCP_SYN, &[]));
+    s.run(Duration::from_millis(100));
+    assert!(s.take_tun("api").iter().any(|p| is_tcp(p, TCP_SYN, 8080)));
+    assert!(
+        s.take_tun("db")
+            .iter()
+            .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, 40000))
+    );
+    let st = s.nodes[s.idx("api")].core.status(s.now);
+    assert_eq!(st.peers[0].endpoint, Some(s.nodes[s.idx("db")].udp));
+}
+
+#[test]
+fn endpoints_roam_on_authenticated_packets_only() {
+    let mut s = Sim::new(&["web", "api"], 17, 0.0);
+    s.apply(THREE_TIER);
+    let (web, api) = (s.addr("web", false), s.addr("api", false));
+    s.send("web", &craft::echo_request(web, api, 1, 1));
+    s.run(Duration::from_millis(100));
+    assert_eq!(s.take_tun("web").len(), 1);
+    // web moves to a new address (NAT rebinding); its next packet moves
+    // api's idea of web's endpoint, and api's replies follow.
+    let moved: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let i = s.idx("web");
+    s.nodes[i].udp = moved;
+    s.send("web", &craft::echo_request(web, api, 1, 2));
+    s.run(Duration::from_millis(100));
+    assert_eq!(
+        s.take_tun("web").len(),
+        1,
+        "reply did not follow the roaming peer"
+    );
+    let a = s.idx("api");
+    let st = s.nodes[a].core.status(s.now);
+    assert_eq!(st.peers[0].endpoint, Some(moved));
+    assert!(
+        s.nodes[a]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::EndpointChanged { endpoint, .. } if *endpoint == moved))
+    );
+    // A replayed datagram from elsewhere fails authentication and moves
+    // nothing.
+    s.send("web", &craft::echo_request(web, api, 1, 3));
+    let captured = s.in_flight.last().unwrap().3.clone();
+    s.run(Duration::from_millis(100));
+    let before = s.drops("api", DropReason::BadPacket);
+    let now = s.now;
+    let fake: SocketAddr = "203.0.113.9:1".parse().unwrap();
+    s.nodes[a].core.handle_udp(now, fake, &captured);
+    assert_eq!(s.nodes[a].core.status(now).peers[0].endpoint, Some(moved));
+    assert_eq!(s.drops("api", DropReason::BadPacket), before + 1);
+}
+
+#[test]
+fn a_changed_key_replaces_the_peer() {
+    let mut s = Sim::new(&["web", "api", "imposter"], 19, 0.0);
+    s.apply(THREE_TIER);
+    let (web, api) = (s.addr("web", false), s.addr("api", false));
+    s.send("web", &craft::echo_request(web, api, 1, 1));
+    s.run(Duration::from_millis(100));
+    assert_eq!(s.take_tun("web").len(), 1);
+    assert_eq!(s.take_tun("api").len(), 1);
+    // api's netmap now says web's addresses belong to another key: the old
+    // key's sessions are gone at once, and web's packets are refused.
+    let mut map = s.netmaps(THREE_TIER)["api"].clone();
+    let web_key = s.key("web");
+    let p = map
+        .peers
+        .iter_mut()
+        .find(|p| p.public_key == web_key)
+        .unwrap();
+    p.public_key = s.key("imposter");
+    map.peers.sort_by_key(|p| p.public_key);
+    let a = s.idx("api");
+    let now = s.now;
+    let diff = s.nodes[a].core.apply_netmap(now, &map).unwrap();
+    assert_eq!(
+        (diff.removed, diff.added),
+        (vec![web_key], vec![s.key("imposter")])
+    );
+    s.send("web", &craft::echo_request(web, api, 1, 2));
+    s.run(Duration::from_secs(1));
+    assert!(s.take_tun("api").is_empty() && s.take_tun("web").is_empty());
+    assert!(s.drops("api", DropReason::UnknownKey) >= 1);
+}

@@ -13,6 +13,7 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod cli;
 pub mod files;
 pub mod join;
 pub mod pin;

@@ -146,6 +146,10 @@ async fn join_stream_cache_and_restart_from_cache() {
     assert_eq!(mode(sd.private_key()), 0o600);
     assert_eq!(mode(sd.tls_key()), 0o600);
     assert_eq!(mode(sd.netmap()), 0o600);
+    let cfg = segmesh_config::NodeConfig::load(&sd.node_toml()).unwrap();
+    assert_eq!(cfg.netmap_file, sd.netmap());
+    assert_eq!(cfg.private_key_file, sd.private_key());
+    assert!(super::cli::coordinator_state(&sd.node_toml()).is_some());
     let err = join(opts("smj1.e30", "x", wdir.path())).await.unwrap_err();
     assert!(matches!(err, JoinError::Token(_)), "{err}");
 
