@@ -341,10 +341,11 @@ impl Distributor {
                     .count()
             };
             let done = acked == targets.len();
-            let timed_out = tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err();
-            if done || timed_out {
+            if done
+                || tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_err()
+            {
                 #[allow(clippy::disallowed_methods)] // measuring a real wait
                 let elapsed = Instant::now().saturating_duration_since(start);
                 return AckReport {

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ipnet::IpNet;
 
-use crate::identity::NodeName;
+use crate::identity::{NodeName, PublicKey};
 use crate::inventory::{Inventory, InventoryNode};
 use crate::netmap::{NETMAP_FORMAT, NetMap, Peer, SelfNode};
 use crate::policy::{Action, Membership, Policy, Targets};
@@ -339,12 +339,20 @@ impl Compiler {
 
     fn netmap_of(&self, i: usize) -> Option<NetMap> {
         let me = self.slot(i)?;
-        let mut peers: Vec<Peer> = self
+        // Sort small (key, slot, ports) tuples, not finished peers: a Peer
+        // is a few hundred bytes and moving it dominated the sort.
+        let mut order: Vec<(&PublicKey, &Slot, &PortSet, &PortSet)> = self
             .peers_of(i)
             .into_iter()
-            .filter_map(|(j, o, n)| self.slot(j).map(|s| self.peer_entry(s, o, n)))
+            .filter_map(|(j, o, n)| self.slot(j).map(|s| (&s.node.public_key, s, o, n)))
             .collect();
-        peers.sort_unstable_by_key(|p| p.public_key);
+        order.sort_unstable_by_key(|t| t.0);
+        let mut peers = Vec::with_capacity(order.len());
+        peers.extend(
+            order
+                .into_iter()
+                .map(|(_, s, o, n)| self.peer_entry(s, o, n)),
+        );
         Some(NetMap {
             format: NETMAP_FORMAT,
             version: 0,
@@ -364,11 +372,36 @@ impl Compiler {
         self.netmap_of(*self.by_name.get(name)?)
     }
 
-    /// Every node's netmap (version 0).
+    /// Every node's netmap (version 0). Nodes are split across the
+    /// machine's cores; each netmap is built independently, so the result
+    /// does not depend on the split.
     pub fn netmaps(&self) -> BTreeMap<NodeName, NetMap> {
-        self.by_name
-            .iter()
-            .filter_map(|(n, &i)| Some((n.clone(), self.netmap_of(i)?)))
+        let slots: Vec<usize> = self.by_name.values().copied().collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(slots.len().div_ceil(256).max(1));
+        let chunk = slots.len().div_ceil(threads).max(1);
+        let build = |part: &[usize]| -> Vec<NetMap> {
+            part.iter().filter_map(|&i| self.netmap_of(i)).collect()
+        };
+        let parts: Vec<Vec<NetMap>> = if threads <= 1 {
+            vec![build(&slots)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = slots
+                    .chunks(chunk)
+                    .map(|part| scope.spawn(move || build(part)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
+            })
+        };
+        parts
+            .into_iter()
+            .flatten()
+            .map(|m| (m.node.name.clone(), m))
             .collect()
     }
 

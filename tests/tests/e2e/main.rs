@@ -2,6 +2,7 @@
 //! parallel threads; each test builds its own namespaces with unique names.
 
 mod adversaries;
+mod coordinated;
 mod harness;
 mod interop;
 mod reload;
