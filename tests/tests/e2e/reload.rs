@@ -1,11 +1,12 @@
-//! Applying a new netmap with SIGHUP: a removed peer is cut off at once, and
-//! a netmap file that does not parse leaves the running one in place.
+//! Applying a new netmap (SIGHUP or a changed file): a removed peer is cut
+//! off at once, the others do not notice, and a netmap file that does not
+//! parse leaves the running one in place.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use segmesh_e2e::mesh::{addr, netmap, web_api_pair};
-use segmesh_e2e::{Lab, Proc, bin_path, probe, wait_until};
+use segmesh_e2e::mesh::{addr, netmap, peer, web_api_pair};
+use segmesh_e2e::{Lab, NodeHandle, NodeSetup, Proc, bin_path, probe, wait_until};
 
 fn unix_ms() -> u128 {
     #[allow(clippy::disallowed_methods)] // the cut-off is measured in real time
@@ -15,65 +16,109 @@ fn unix_ms() -> u128 {
         .as_millis()
 }
 
-#[test]
-fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
-    let lab = Lab::new("hup");
-    let (web, api) = web_api_pair(&lab);
-    let api_8080 = SocketAddr::new(addr(&api.setup), 8080);
-    let _l = probe::listen(&lab, &api.setup.host, api_8080);
-    probe::connect_eventually(web.ns(), api_8080, Duration::from_secs(10));
-
-    // A live TCP stream, one echo every 20 ms.
-    let stream = Proc::spawn(
-        "stream",
-        Some(web.ns()),
+/// A TCP stream from `from` to `to`, one echo every 20 ms for 15 s.
+fn stream(lab: &Lab, name: &str, from: &NodeHandle, to: SocketAddr) -> Proc {
+    Proc::spawn(
+        name,
+        Some(from.ns()),
         lab.dir(),
         &bin_path("probe"),
         &[
             "stream",
-            &api_8080.to_string(),
+            &to.to_string(),
             "--interval-ms",
             "20",
             "--duration-ms",
             "15000",
         ],
-    );
-    let ok_times = |p: &Proc| -> Vec<u128> {
-        p.stdout_text()
-            .lines()
-            .filter_map(|l| l.strip_prefix("ok ").and_then(|t| t.parse().ok()))
-            .collect()
-    };
-    wait_until(Duration::from_secs(5), "the stream to carry echoes", || {
-        (ok_times(&stream).len() >= 20).then_some(())
+    )
+}
+
+/// Wall-clock times (Unix ms) of the echoes a stream received, and the time
+/// it gave up, if it did.
+fn echoes(p: &Proc) -> (Vec<u128>, Option<u128>) {
+    let text = p.stdout_text();
+    let oks = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ok ").and_then(|t| t.parse().ok()))
+        .collect();
+    let fail = text.lines().find_map(|l| {
+        l.strip_prefix("fail ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     });
+    (oks, fail)
+}
+
+#[test]
+fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
+    let lab = Lab::new("hup");
+    let (h1, h2, ha) = (lab.host("web-1"), lab.host("web-2"), lab.host("api-1"));
+    let web1 = NodeSetup::new(&lab, &h1, "web-1");
+    let web2 = NodeSetup::new(&lab, &h2, "web-2");
+    let api = NodeSetup::new(&lab, &ha, "api-1");
+    for web in [&web1, &web2] {
+        web.write_netmap(&netmap(
+            web,
+            &[addr(web)],
+            vec![peer(
+                api.public_key,
+                "api-1",
+                &[addr(&api)],
+                Some(api.endpoint()),
+                &["tcp/8080"],
+                &[],
+            )],
+        ));
+    }
+    let web_peer =
+        |w: &NodeSetup| peer(w.public_key, &w.name, &[addr(w)], None, &[], &["tcp/8080"]);
+    api.write_netmap(&netmap(
+        &api,
+        &[addr(&api)],
+        vec![web_peer(&web1), web_peer(&web2)],
+    ));
+    let (web1, web2, api) = (web1.start(&lab), web2.start(&lab), api.start(&lab));
+    let api_8080 = SocketAddr::new(addr(&api.setup), 8080);
+    let _l = probe::listen(&lab, &ha, api_8080);
+    probe::connect_eventually(web1.ns(), api_8080, Duration::from_secs(10));
+    probe::connect_eventually(web2.ns(), api_8080, Duration::from_secs(10));
+
+    let mut s1 = stream(&lab, "stream-web-1", &web1, api_8080);
+    let s2 = stream(&lab, "stream-web-2", &web2, api_8080);
+    wait_until(
+        Duration::from_secs(5),
+        "both streams to carry echoes",
+        || (echoes(&s1).0.len() >= 20 && echoes(&s2).0.len() >= 20).then_some(()),
+    );
+    let handshake_of = |st: &segmesh_node::status::NodeStatus, key| {
+        st.peers
+            .iter()
+            .find(|p| p.public_key == key)
+            .and_then(|p| p.last_handshake_unix_ms)
+    };
+    let web2_handshake = handshake_of(&api.status(), web2.setup.public_key);
 
     // api-1's new netmap no longer lists web-1.
-    api.setup
-        .write_netmap(&netmap(&api.setup, &[addr(&api.setup)], vec![]));
+    api.setup.write_netmap(&netmap(
+        &api.setup,
+        &[addr(&api.setup)],
+        vec![web_peer(&web2.setup)],
+    ));
     let t_hup = unix_ms();
     api.reload();
-    let mut stream = stream;
-    wait_until(Duration::from_secs(10), "the stream to break", || {
-        stream.try_exit()
+    wait_until(Duration::from_secs(10), "web-1's stream to break", || {
+        s1.try_exit()
     });
-    let last_ok = ok_times(&stream).last().copied().unwrap_or(0);
+    let (oks, fail) = echoes(&s1);
+    let last_ok = oks.last().copied().unwrap_or(0);
     let cut_ms = last_ok.saturating_sub(t_hup);
-    let failed_at: u128 = stream
-        .stdout_text()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("fail ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
     println!(
         "SIGHUP -> last echo through the tunnel: {cut_ms} ms; client gave up after {} ms \
          (echo every 20 ms, 300 ms read timeout)",
-        failed_at.saturating_sub(t_hup)
+        fail.unwrap_or(0).saturating_sub(t_hup)
     );
     assert!(
         last_ok + 1000 > t_hup,
@@ -83,14 +128,58 @@ fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
         cut_ms < 1000,
         "traffic continued {cut_ms} ms after the reload"
     );
-    assert!(
-        stream.stdout_text().contains("fail "),
-        "{}",
-        stream.stdout_text()
-    );
+    assert!(fail.is_some(), "{}", s1.stdout_text());
 
-    // The peer is gone from status, and new connections fail too.
-    assert!(api.status().peers.is_empty());
+    // web-2, whose entry did not change, never noticed: its stream kept
+    // going and its session was not renegotiated.
+    std::thread::sleep(Duration::from_millis(500));
+    let (oks2, fail2) = echoes(&s2);
+    assert!(
+        fail2.is_none(),
+        "web-2's stream broke: {}",
+        s2.stdout_text()
+    );
+    assert!(
+        oks2.iter().filter(|t| **t > t_hup).count() >= 10,
+        "web-2's stream stalled"
+    );
+    let after = api.status();
+    assert_eq!(handshake_of(&after, web2.setup.public_key), web2_handshake);
+
+    // web-1 is gone from status, and new connections from it fail too.
+    assert!(
+        after
+            .peers
+            .iter()
+            .all(|p| p.public_key != web1.setup.public_key)
+    );
+    let c = probe::connect(web1.ns(), api_8080, Duration::from_secs(2));
+    assert!(!c.ok, "{c:?}");
+}
+
+#[test]
+fn rewriting_the_netmap_file_applies_it_without_a_signal() {
+    let lab = Lab::new("watch");
+    let (web, api) = web_api_pair(&lab);
+    let api_8080 = SocketAddr::new(addr(&api.setup), 8080);
+    let _l = probe::listen(&lab, &api.setup.host, api_8080);
+    probe::connect_eventually(web.ns(), api_8080, Duration::from_secs(10));
+
+    // Replace the file the way tools do: write elsewhere, rename over it.
+    let tmp = lab.path("api-1.netmap.json.new");
+    let mut map = netmap(&api.setup, &[addr(&api.setup)], vec![]);
+    map.version = 2;
+    std::fs::write(&tmp, map.to_json_pretty()).expect("write");
+    std::fs::rename(&tmp, &api.setup.netmap_path).expect("rename");
+    let v = wait_until(
+        Duration::from_secs(5),
+        "api-1 to pick up the new netmap",
+        || {
+            let s = api.status();
+            (s.peers.is_empty()).then_some(s.netmap_version)
+        },
+    );
+    assert_eq!(v, 2);
     let c = probe::connect(web.ns(), api_8080, Duration::from_secs(2));
     assert!(!c.ok, "{c:?}");
 }
