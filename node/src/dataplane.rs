@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use segmesh_config::{NetMap, NodeConfig};
 use tokio::net::UdpSocket;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 
@@ -248,6 +249,12 @@ fn set_buffers(sock: &std::net::UdpSocket) {
 
 /// Runs the node until SIGINT/SIGTERM.
 pub async fn run(s: Settings) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while sockets are being set up
+    // must not kill the process with its default action (and leave the
+    // socket files behind).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let hup = signal(SignalKind::hangup())?;
     let cfg = &s.config;
     let map = load_netmap(&cfg.netmap_file)?;
     let t0 = now();
@@ -320,7 +327,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     tasks.spawn(event_task(ev_rx, flowlog));
     match s.feed {
         Some(feed) => tasks.spawn(feed_task(applier, feed)),
-        None => tasks.spawn(netmap_task(applier, cfg.netmap_file.clone())),
+        None => tasks.spawn(netmap_task(applier, cfg.netmap_file.clone(), hup)),
     };
     let source: Arc<dyn StatusSource> = shared.clone();
     tasks.spawn({
@@ -331,10 +338,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tasks.spawn(async move { uapi::run(l, source).await.map_err(anyhow::Error::from) });
     }
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
     let result = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = int.recv() => Ok(()),
         _ = term.recv() => Ok(()),
         r = tasks.join_next() => match r {
             Some(Ok(Err(e))) => Err(e),
@@ -527,9 +532,7 @@ async fn feed_task(mut applier: Applier, mut feed: NetmapFeed) -> anyhow::Result
 /// Applies a new netmap on SIGHUP or when the file changes. A netmap that
 /// does not parse or validate keeps the old one; the error is logged once
 /// per distinct file content.
-async fn netmap_task(mut applier: Applier, path: PathBuf) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
+async fn netmap_task(mut applier: Applier, path: PathBuf, mut hup: Signal) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(NETMAP_POLL);
     let mut seen = mtime(&path);
     let mut last_error: Option<String> = None;
