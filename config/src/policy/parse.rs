@@ -142,6 +142,11 @@ fn syntax_message(text: &str, span: &Range<usize>, message: &str) -> Option<Stri
         return None;
     }
     let key = text.get(span.clone()).unwrap_or("").trim();
+    if header == "[segments]" && !key.is_empty() {
+        return Some(format!(
+            "duplicate segment name `{key}`: each segment is defined once"
+        ));
+    }
     if key.is_empty() {
         Some(message)
     } else {
