@@ -171,9 +171,11 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
-    let mut n = node(target);
-    n.labels = labels(target, 1);
-    eprintln!("one relabel touches {} netmaps", inc.upsert_node(n).len());
+    let (mut a, mut b) = (node(target), node(target));
+    a.labels = labels(target, 0);
+    b.labels = labels(target, 1);
+    inc.upsert_node(a);
+    eprintln!("one relabel touches {} netmaps", inc.upsert_node(b).len());
 }
 
 criterion_group!(compile, benches);

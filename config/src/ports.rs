@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -138,42 +139,57 @@ impl<'de> Deserialize<'de> for PortSpec {
 }
 
 /// Sorted, disjoint, non-adjacent inclusive ranges over 0..=65535.
+///
+/// Shared (`Arc`) because sets are built once and cloned into every peer
+/// entry of every netmap: a clone is a reference count, not an allocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-struct Ranges(Vec<(u16, u16)>);
+struct Ranges(Arc<[(u16, u16)]>);
 
 impl Ranges {
     const FULL: (u16, u16) = (0, u16::MAX);
 
     fn full() -> Self {
-        Ranges(vec![Self::FULL])
+        Ranges(Arc::from([Self::FULL]))
     }
 
     fn is_full(&self) -> bool {
-        self.0 == [Self::FULL]
+        *self.0 == [Self::FULL]
     }
 
-    fn insert(&mut self, (a, b): (u16, u16)) {
-        self.0.push((a, b));
-        self.0.sort_unstable();
-        let mut out: Vec<(u16, u16)> = Vec::with_capacity(self.0.len());
-        for &(a, b) in &self.0 {
+    /// Sorts and merges overlapping or adjacent ranges.
+    fn normalized(mut all: Vec<(u16, u16)>) -> Self {
+        all.sort_unstable();
+        let mut out: Vec<(u16, u16)> = Vec::with_capacity(all.len());
+        for (a, b) in all {
             match out.last_mut() {
                 Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
                 _ => out.push((a, b)),
             }
         }
-        self.0 = out;
+        Ranges(Arc::from(out))
+    }
+
+    fn insert(&mut self, r: (u16, u16)) {
+        let mut all = self.0.to_vec();
+        all.push(r);
+        *self = Self::normalized(all);
     }
 
     fn union(&mut self, other: &Ranges) {
-        for &r in &other.0 {
-            self.insert(r);
+        if other.0.is_empty() {
+            return;
         }
+        let mut all = self.0.to_vec();
+        all.extend_from_slice(&other.0);
+        *self = Self::normalized(all);
     }
 
     fn subtract(&mut self, other: &Ranges) {
-        let mut cur = std::mem::take(&mut self.0);
-        for &(da, db) in &other.0 {
+        if other.0.is_empty() || self.0.is_empty() {
+            return;
+        }
+        let mut cur: Vec<(u16, u16)> = self.0.to_vec();
+        for &(da, db) in other.0.iter() {
             let mut next = Vec::with_capacity(cur.len() + 1);
             for (a, b) in cur {
                 if db < a || da > b {
@@ -189,7 +205,7 @@ impl Ranges {
             }
             cur = next;
         }
-        self.0 = cur;
+        self.0 = Arc::from(cur);
     }
 
     fn contains(&self, p: u16) -> bool {

@@ -73,6 +73,20 @@ fn syntax_errors_have_places() {
 }
 
 #[test]
+fn duplicates_in_other_spellings() {
+    let got = errors(
+        "[segments.web]\nmatch = { role = \"web\" }\n[[allow]]\nfrom = \"web\"\nfrom = \"web\"\nto = \"web\"\nports = [\"tcp\"]\n[segments]\nweb = 3\n",
+    );
+    assert_eq!(
+        got,
+        [
+            "p.toml:5:1: duplicate key `from`",
+            "p.toml:9:1: duplicate segment name `web`: each segment is defined once",
+        ]
+    );
+}
+
+#[test]
 fn value_errors() {
     let got = errors(
         r#"[segments.a]

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::clock::Now;
 use crate::metrics::Metrics;
-use crate::store::{NodeRecord, Store, StoreError};
+use crate::store::{NetmapRecord, NodeRecord, Store, StoreError};
 
 /// Per-stream channel depth; a node this far behind is disconnected.
 const STREAM_DEPTH: usize = 16;
@@ -64,6 +64,49 @@ pub struct Distributor {
     state: Mutex<State>,
     /// Bumped on every ack, to wake [`Distributor::wait_acks`].
     acks: watch::Sender<u64>,
+    /// Acks on their way to the store (see [`ack_writer`]).
+    ack_writer: mpsc::UnboundedSender<AckMsg>,
+}
+
+/// Work for the ack writer.
+#[derive(Debug)]
+enum AckMsg {
+    /// (node id, version, unix time)
+    Ack(i64, u64, i64),
+    /// Answered once every earlier ack is in the store.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Writes acks to the store, batching whatever arrived meanwhile into one
+/// transaction. An ack lost in a crash only makes `policy audit` report the
+/// node as stale until it reconnects and acks its netmap again.
+async fn ack_writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut acks = Vec::new();
+        let mut at = 0;
+        let mut flushes = Vec::new();
+        for m in batch {
+            match m {
+                AckMsg::Ack(id, v, t) => {
+                    acks.push((id, v));
+                    at = at.max(t);
+                }
+                AckMsg::Flush(done) => flushes.push(done),
+            }
+        }
+        if !acks.is_empty()
+            && let Err(e) = store.ack_netmaps(&acks, at).await
+        {
+            tracing::error!(error = %e, acks = acks.len(), "cannot record acks");
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
 }
 
 /// The compiler's view of a stored node.
@@ -120,6 +163,7 @@ impl Distributor {
         let policy = current_policy(store.as_ref()).await?;
         let compiler = Compiler::new(&inventory(&nodes, &overlay), &policy);
         let mut slots = BTreeMap::new();
+        let mut records = Vec::new();
         for n in nodes.iter().filter(|n| !n.revoked) {
             let Some(mut map) = compiler.netmap(&n.name) else {
                 continue;
@@ -132,9 +176,11 @@ impl Distributor {
             map.version = n.netmap_version;
             if !unchanged {
                 map.version += 1;
-                store
-                    .record_netmap(n.id, map.version, &map.to_json_pretty())
-                    .await?;
+                records.push(NetmapRecord {
+                    node_id: n.id,
+                    version: map.version,
+                    body: serde_json::to_string(&map).unwrap_or_default(),
+                });
             }
             slots.insert(
                 n.name.clone(),
@@ -147,7 +193,11 @@ impl Distributor {
                 },
             );
         }
+        store.record_netmaps(&records).await?;
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        tokio::spawn(ack_writer(Arc::clone(&store), ack_rx));
         Ok(Self {
+            ack_writer: ack_tx,
             store,
             overlay,
             metrics,
@@ -207,6 +257,8 @@ impl Distributor {
         now: Instant,
     ) -> Result<BTreeMap<NodeName, u64>, StoreError> {
         let mut pushed = BTreeMap::new();
+        let mut records = Vec::new();
+        let mut updated = Vec::new();
         for name in names {
             let Some(mut map) = st.compiler.netmap(name) else {
                 continue;
@@ -231,19 +283,29 @@ impl Distributor {
                     },
                 );
             }
-            let Some(slot) = st.slots.get_mut(name) else {
+            let Some(slot) = st.slots.get(name) else {
                 continue;
             };
             if !fresh && same_content(&slot.map, &map) {
                 continue;
             }
             map.version = slot.map.version + 1;
-            self.store
-                .record_netmap(slot.id, map.version, &map.to_json_pretty())
-                .await?;
+            records.push(NetmapRecord {
+                node_id: slot.id,
+                version: map.version,
+                body: serde_json::to_string(&map).unwrap_or_default(),
+            });
+            updated.push((name.clone(), map));
+        }
+        // One transaction for the whole change, then the pushes.
+        self.store.record_netmaps(&records).await?;
+        for (name, map) in updated {
+            let Some(slot) = st.slots.get_mut(&name) else {
+                continue;
+            };
             slot.map = map;
             slot.pushed_at.insert(slot.map.version, now);
-            pushed.insert(name.clone(), slot.map.version);
+            pushed.insert(name, slot.map.version);
             let rot: Vec<Rotation> = rotations
                 .iter()
                 .filter(|r| slot.map.peer(&r.new).is_some())
@@ -309,7 +371,11 @@ impl Distributor {
         if version <= slot.acked {
             return Ok(()); // duplicate or reordered ack: harmless
         }
-        self.store.ack_netmap(slot.id, version, now.unix).await?;
+        // Persisted by the ack writer, batched: the node's ack is not held
+        // up by (or serialised on) a disk sync per node.
+        let _ = self
+            .ack_writer
+            .send(AckMsg::Ack(slot.id, version, now.unix));
         slot.acked = version;
         if let Some(at) = slot.pushed_at.get(&version) {
             self.metrics
@@ -354,6 +420,14 @@ impl Distributor {
                     elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
                 };
             }
+        }
+    }
+
+    /// Waits until every ack received so far is in the store.
+    pub async fn flush_acks(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.ack_writer.send(AckMsg::Flush(tx)).is_ok() {
+            let _ = rx.await;
         }
     }
 

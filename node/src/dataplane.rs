@@ -15,16 +15,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use ipnet::IpNet;
 use segmesh_config::{NetMap, NodeConfig};
 use tokio::net::UdpSocket;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use tun_rs::AsyncDevice;
 
-use crate::core::{Event, Node, Transmit};
+use crate::core::{ApplyError, Event, Node, Transmit};
 use crate::flowlog::{FlowLog, FlowLogLimits};
 use crate::status::{NodeStatus, PeerStatus, StatusSource};
-use crate::{ctlsock, uapi, unixsock};
+use crate::{ctlsock, tundev, uapi, unixsock};
 
 /// How often the netmap file's mtime is checked.
 const NETMAP_POLL: Duration = Duration::from_millis(500);
@@ -247,59 +247,14 @@ fn set_buffers(sock: &std::net::UdpSocket) {
     }
 }
 
-/// The address's prefix length on the TUN: that of the overlay prefix
-/// containing it (so the kernel routes the whole overlay into the tunnel),
-/// else a host route.
-fn prefix_for(addr: IpAddr, overlay: &[IpNet]) -> u8 {
-    overlay
-        .iter()
-        .filter(|n| n.contains(&addr))
-        .map(IpNet::prefix_len)
-        .min()
-        .unwrap_or(if addr.is_ipv4() { 32 } else { 128 })
-}
-
-fn create_tun(config: &NodeConfig, map: &NetMap) -> anyhow::Result<AsyncDevice> {
-    let name = config.interface.as_str();
-    let mut b = DeviceBuilder::new().name(name).mtu(config.mtu);
-    let mut v4 = Vec::new();
-    for &a in &map.node.addresses {
-        let p = prefix_for(a, &map.overlay);
-        match a {
-            IpAddr::V4(a) => v4.push((a, p)),
-            IpAddr::V6(a) => b = b.ipv6(a, p),
-        }
-    }
-    // The builder takes one IPv4 address; any others are added after.
-    if let Some(&(a, p)) = v4.first() {
-        b = b.ipv4(a, p, None);
-    }
-    let dev = b.build_async().with_context(|| {
-        format!("creating TUN device {name} (needs CAP_NET_ADMIN and /dev/net/tun)")
-    })?;
-    for &(a, p) in v4.iter().skip(1) {
-        dev.add_address_v4(a, p)
-            .with_context(|| format!("adding {a}/{p} to {name}"))?;
-    }
-    // Overlay prefixes holding none of our addresses still route into the tunnel.
-    for net in map
-        .overlay
-        .iter()
-        .filter(|n| !map.node.addresses.iter().any(|a| n.contains(a)))
-    {
-        let ok = std::process::Command::new("ip")
-            .args(["route", "replace", &net.to_string(), "dev", name])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            tracing::warn!(prefix = %net, interface = name, "could not add a route for an overlay prefix");
-        }
-    }
-    Ok(dev)
-}
-
 /// Runs the node until SIGINT/SIGTERM.
 pub async fn run(s: Settings) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while sockets are being set up
+    // must not kill the process with its default action (and leave the
+    // socket files behind).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let hup = signal(SignalKind::hangup())?;
     let cfg = &s.config;
     let map = load_netmap(&cfg.netmap_file)?;
     let t0 = now();
@@ -318,7 +273,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     std_udp.set_nonblocking(true)?;
     let udp = Arc::new(UdpSocket::from_std(std_udp)?);
     let listen_port = udp.local_addr()?.port();
-    let tun = Arc::new(create_tun(cfg, &map)?);
+    let tun = Arc::new(tundev::create(cfg, &map)?);
 
     let shared = Arc::new(Shared {
         core: Mutex::new(node),
@@ -354,6 +309,11 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
 
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let mut tasks = tokio::task::JoinSet::new();
+    let applier = Applier {
+        shared: shared.clone(),
+        tun: tun.clone(),
+        current: map,
+    };
     let wires = Wires {
         shared: shared.clone(),
         udp,
@@ -366,8 +326,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     tasks.spawn(timer_task(wires));
     tasks.spawn(event_task(ev_rx, flowlog));
     match s.feed {
-        Some(feed) => tasks.spawn(feed_task(shared.clone(), feed)),
-        None => tasks.spawn(netmap_task(shared.clone(), cfg.netmap_file.clone(), map)),
+        Some(feed) => tasks.spawn(feed_task(applier, feed)),
+        None => tasks.spawn(netmap_task(applier, cfg.netmap_file.clone(), hup)),
     };
     let source: Arc<dyn StatusSource> = shared.clone();
     tasks.spawn({
@@ -378,10 +338,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tasks.spawn(async move { uapi::run(l, source).await.map_err(anyhow::Error::from) });
     }
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
     let result = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = int.recv() => Ok(()),
         _ = term.recv() => Ok(()),
         r = tasks.join_next() => match r {
             Some(Ok(Err(e))) => Err(e),
@@ -529,27 +487,41 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// Applies netmaps to the core and the interface, and logs what changed.
+struct Applier {
+    shared: Arc<Shared>,
+    tun: Arc<AsyncDevice>,
+    current: NetMap,
+}
+
+impl Applier {
+    fn apply(&mut self, map: NetMap) -> Result<(), ApplyError> {
+        let diff = self.shared.lock().apply_netmap(now(), &map)?;
+        for p in &diff.added {
+            tracing::info!(peer = %p, "peer added");
+        }
+        for p in &diff.removed {
+            tracing::info!(peer = %p, "peer removed; sessions torn down");
+        }
+        for p in &diff.updated {
+            tracing::info!(peer = %p, "peer updated");
+        }
+        tundev::sync(&self.tun, &self.shared.interface, &self.current, &map);
+        tracing::info!(
+            netmap_version = map.version,
+            peers = map.peers.len(),
+            "netmap applied"
+        );
+        self.current = map;
+        Ok(())
+    }
+}
+
 /// Coordinator mode: applies each netmap from the control client and
 /// answers with the result.
-async fn feed_task(shared: Arc<Shared>, mut feed: NetmapFeed) -> anyhow::Result<()> {
+async fn feed_task(mut applier: Applier, mut feed: NetmapFeed) -> anyhow::Result<()> {
     while let Some((map, reply)) = feed.recv().await {
-        let result = shared.lock().apply_netmap(now(), &map);
-        let answer = match result {
-            Ok(diff) => {
-                for p in &diff.removed {
-                    tracing::info!(peer = %p, "peer removed; sessions torn down");
-                }
-                tracing::info!(
-                    netmap_version = map.version,
-                    peers = map.peers.len(),
-                    added = diff.added.len(),
-                    updated = diff.updated.len(),
-                    "netmap applied"
-                );
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        };
+        let answer = applier.apply(map).map_err(|e| e.to_string());
         let _ = reply.send(answer);
     }
     // The control client is gone: keep forwarding with the last netmap.
@@ -560,13 +532,7 @@ async fn feed_task(shared: Arc<Shared>, mut feed: NetmapFeed) -> anyhow::Result<
 /// Applies a new netmap on SIGHUP or when the file changes. A netmap that
 /// does not parse or validate keeps the old one; the error is logged once
 /// per distinct file content.
-async fn netmap_task(
-    shared: Arc<Shared>,
-    path: PathBuf,
-    mut current: NetMap,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
+async fn netmap_task(mut applier: Applier, path: PathBuf, mut hup: Signal) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(NETMAP_POLL);
     let mut seen = mtime(&path);
     let mut last_error: Option<String> = None;
@@ -580,45 +546,22 @@ async fn netmap_task(
             continue;
         }
         seen = m;
-        let map = match load_netmap(&path) {
-            Ok(map) => map,
+        let result = load_netmap(&path).and_then(|map| {
+            if map == applier.current && !forced {
+                return Ok(());
+            }
+            applier
+                .apply(map)
+                .map_err(|e| anyhow::anyhow!("netmap {}: {e}", path.display()))
+        });
+        match result {
+            Ok(()) => last_error = None,
             Err(e) => {
                 let msg = format!("{e:#}");
                 if last_error.as_deref() != Some(&msg) {
                     tracing::error!(path = %path.display(), error = %msg, "netmap rejected; keeping the previous one");
                     last_error = Some(msg);
                 }
-                continue;
-            }
-        };
-        last_error = None;
-        if map == current && !forced {
-            continue;
-        }
-        let result = shared.lock().apply_netmap(now(), &map);
-        match result {
-            Ok(diff) => {
-                for p in &diff.added {
-                    tracing::info!(peer = %p, "peer added");
-                }
-                for p in &diff.removed {
-                    tracing::info!(peer = %p, "peer removed; sessions torn down");
-                }
-                for p in &diff.updated {
-                    tracing::info!(peer = %p, "peer updated");
-                }
-                if map.node.addresses != current.node.addresses || map.overlay != current.overlay {
-                    tracing::warn!(path = %path.display(), "overlay addresses changed; restart segmesh-node to apply them to the interface");
-                }
-                tracing::info!(
-                    netmap_version = map.version,
-                    peers = map.peers.len(),
-                    "netmap applied"
-                );
-                current = map;
-            }
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "netmap rejected; keeping the previous one")
             }
         }
     }
@@ -635,17 +578,6 @@ mod tests {
         assert_eq!(from_v6(to_v6(a)), a);
         let b: SocketAddr = "[fd00::1]:1".parse().unwrap();
         assert_eq!(from_v6(b), b);
-    }
-
-    #[test]
-    fn prefix_lengths_come_from_the_overlay() {
-        let overlay: Vec<IpNet> = vec![
-            "100.64.0.0/16".parse().unwrap(),
-            "fd5e::/64".parse().unwrap(),
-        ];
-        assert_eq!(prefix_for("100.64.1.2".parse().unwrap(), &overlay), 16);
-        assert_eq!(prefix_for("fd5e::2".parse().unwrap(), &overlay), 64);
-        assert_eq!(prefix_for("10.1.1.1".parse().unwrap(), &overlay), 32);
     }
 
     fn config(port: u16) -> NodeConfig {

@@ -17,6 +17,7 @@ pub mod packet;
 pub mod peers;
 pub mod status;
 pub mod status_fmt;
+pub mod tundev;
 pub mod tunn;
 pub mod uapi;
 pub mod unixsock;

@@ -23,6 +23,7 @@
 
 mod bits;
 mod delta;
+mod incremental;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -337,16 +338,25 @@ impl Compiler {
         }
     }
 
-    fn netmap_of(&self, i: usize) -> Option<NetMap> {
+    /// Builds one netmap. `rank` (slot -> position in key order), when
+    /// given, replaces 32-byte key comparisons in the sort.
+    fn netmap_of(&self, i: usize, rank: Option<&[u32]>) -> Option<NetMap> {
         let me = self.slot(i)?;
-        // Sort small (key, slot, ports) tuples, not finished peers: a Peer
+        // Sort small (order, slot, ports) tuples, not finished peers: a Peer
         // is a few hundred bytes and moving it dominated the sort.
-        let mut order: Vec<(&PublicKey, &Slot, &PortSet, &PortSet)> = self
+        let mut order: Vec<(u32, &Slot, &PortSet, &PortSet)> = self
             .peers_of(i)
             .into_iter()
-            .filter_map(|(j, o, n)| self.slot(j).map(|s| (&s.node.public_key, s, o, n)))
+            .filter_map(|(j, o, n)| {
+                let r = rank.and_then(|r| r.get(j).copied()).unwrap_or(0);
+                self.slot(j).map(|s| (r, s, o, n))
+            })
             .collect();
-        order.sort_unstable_by_key(|t| t.0);
+        if rank.is_some() {
+            order.sort_unstable_by_key(|t| t.0);
+        } else {
+            order.sort_unstable_by_key(|t| t.1.node.public_key);
+        }
         let mut peers = Vec::with_capacity(order.len());
         peers.extend(
             order
@@ -369,39 +379,29 @@ impl Compiler {
 
     /// One node's netmap (version 0).
     pub fn netmap(&self, name: &NodeName) -> Option<NetMap> {
-        self.netmap_of(*self.by_name.get(name)?)
+        self.netmap_of(*self.by_name.get(name)?, None)
     }
 
-    /// Every node's netmap (version 0). Nodes are split across the
-    /// machine's cores; each netmap is built independently, so the result
-    /// does not depend on the split.
+    /// Every node's netmap (version 0).
+    ///
+    /// Single-threaded on purpose: building netmaps is allocation-bound,
+    /// and with glibc's per-thread arenas two threads measured 5x slower
+    /// than one (docs/benchmarks.md).
     pub fn netmaps(&self) -> BTreeMap<NodeName, NetMap> {
-        let slots: Vec<usize> = self.by_name.values().copied().collect();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .min(slots.len().div_ceil(256).max(1));
-        let chunk = slots.len().div_ceil(threads).max(1);
-        let build = |part: &[usize]| -> Vec<NetMap> {
-            part.iter().filter_map(|&i| self.netmap_of(i)).collect()
-        };
-        let parts: Vec<Vec<NetMap>> = if threads <= 1 {
-            vec![build(&slots)]
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = slots
-                    .chunks(chunk)
-                    .map(|part| scope.spawn(move || build(part)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                    .collect()
-            })
-        };
-        parts
-            .into_iter()
-            .flatten()
-            .map(|m| (m.node.name.clone(), m))
+        let mut by_key: Vec<(&PublicKey, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (&s.node.public_key, i)))
+            .collect();
+        by_key.sort_unstable();
+        let mut rank = vec![0u32; self.slots.len()];
+        for (r, (_, i)) in by_key.into_iter().enumerate() {
+            rank[i] = u32::try_from(r).unwrap_or(u32::MAX);
+        }
+        self.by_name
+            .iter()
+            .filter_map(|(n, &i)| Some((n.clone(), self.netmap_of(i, Some(&rank))?)))
             .collect()
     }
 
@@ -416,76 +416,6 @@ impl Compiler {
             }
         }
         out
-    }
-
-    /// How node `i` appears in each of its peers' netmaps, by peer slot.
-    fn views_of(&self, i: usize) -> BTreeMap<usize, Peer> {
-        let Some(me) = self.slot(i) else {
-            return BTreeMap::new();
-        };
-        // Our outbound is their inbound and vice versa.
-        self.peers_of(i)
-            .into_iter()
-            .map(|(j, outbound, inbound)| (j, self.peer_entry(me, inbound, outbound)))
-            .collect()
-    }
-
-    /// Adds or replaces a node (new labels, key, addresses or endpoints)
-    /// and returns what changed: the node's full netmap, and for every
-    /// other node whose netmap changed, the peer entries to replace or drop.
-    pub fn upsert_node(&mut self, node: InventoryNode) -> Changes {
-        let old_views = match self.by_name.get(&node.name).copied() {
-            Some(i) => {
-                let views = self.views_of(i);
-                self.unplace(i);
-                views
-            }
-            None => BTreeMap::new(),
-        };
-        let name = node.name.clone();
-        let i = self.place(node);
-        let new_views = self.views_of(i);
-        let mut changes = self.peer_changes(old_views, new_views);
-        if let Some(map) = self.netmap_of(i) {
-            changes.nodes.insert(name, NodeUpdate::Full(map));
-        }
-        changes
-    }
-
-    /// Removes a node; every node that had it as a peer drops it.
-    pub fn remove_node(&mut self, name: &NodeName) -> Changes {
-        let Some(i) = self.by_name.get(name).copied() else {
-            return Changes::default();
-        };
-        let old_views = self.views_of(i);
-        self.unplace(i);
-        let mut changes = self.peer_changes(old_views, BTreeMap::new());
-        changes.nodes.insert(name.clone(), NodeUpdate::Removed);
-        changes
-    }
-
-    fn peer_changes(&self, old: BTreeMap<usize, Peer>, new: BTreeMap<usize, Peer>) -> Changes {
-        let mut changes = Changes::default();
-        let slots: BTreeSet<usize> = old.keys().chain(new.keys()).copied().collect();
-        for j in slots {
-            let Some(peer) = self.slot(j) else { continue };
-            let mut delta = PeerDelta::default();
-            match (old.get(&j), new.get(&j)) {
-                (Some(o), Some(n)) if o == n => continue,
-                (o, Some(n)) => {
-                    if let Some(o) = o.filter(|o| o.public_key != n.public_key) {
-                        delta.remove.push(o.public_key);
-                    }
-                    delta.upsert.push(n.clone());
-                }
-                (Some(o), None) => delta.remove.push(o.public_key),
-                (None, None) => continue,
-            }
-            changes
-                .nodes
-                .insert(peer.node.name.clone(), NodeUpdate::Peers(delta));
-        }
-        changes
     }
 }
 

@@ -7,8 +7,10 @@
 //! `FILE:LINE:COL: message`, rather than only the first one serde meets.
 //! The reference is docs/policy.md.
 
+mod cases;
 mod eval;
 mod parse;
+mod segments;
 
 use std::collections::BTreeMap;
 use std::fmt;

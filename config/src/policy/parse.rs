@@ -6,30 +6,26 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{
-    Action, EVERY, Endpoint, Loc, Policy, PolicyError, PolicyErrors, Rule, Segment, Selector,
-    Targets, TestCase, Verdict,
-};
-use crate::identity::{Labels, NodeName, validate_label};
+use super::{Action, EVERY, Loc, Policy, PolicyError, PolicyErrors, Rule, Segment, Targets};
 use crate::inventory::Inventory;
-use crate::ports::{PortSet, PortSpec, Proto};
+use crate::ports::{PortSet, PortSpec};
 
-type Val<'i> = Spanned<DeValue<'i>>;
+pub(super) type Val<'i> = Spanned<DeValue<'i>>;
 
 /// Collects errors with their places while the walk goes on.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     path: &'a str,
     text: &'a str,
     errors: Vec<PolicyError>,
 }
 
 impl Ctx<'_> {
-    fn loc(&self, offset: usize) -> Loc {
+    pub(super) fn loc(&self, offset: usize) -> Loc {
         let (line, col) = crate::line_col(self.text, offset);
         Loc { line, col }
     }
 
-    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
         let loc = self.loc(span.start);
         self.errors.push(PolicyError {
             path: self.path.to_string(),
@@ -73,7 +69,7 @@ pub(super) fn parse(
     }
     let segments = sections
         .get("segments")
-        .map(|v| parse_segments(&mut cx, v))
+        .map(|v| super::segments::parse_segments(&mut cx, v))
         .unwrap_or_default();
     let mut rules = Vec::new();
     for action in [Action::Allow, Action::Deny] {
@@ -90,7 +86,7 @@ pub(super) fn parse(
     let mut tests = Vec::new();
     if let Some(v) = sections.get("test") {
         for item in array_of_tables(&mut cx, v, "test") {
-            if let Some(t) = parse_test(&mut cx, item, &segments, inventory) {
+            if let Some(t) = super::cases::parse_test(&mut cx, item, &segments, inventory) {
                 tests.push(t);
             }
         }
@@ -142,6 +138,11 @@ fn syntax_message(text: &str, span: &Range<usize>, message: &str) -> Option<Stri
         return None;
     }
     let key = text.get(span.clone()).unwrap_or("").trim();
+    if header == "[segments]" && !key.is_empty() {
+        return Some(format!(
+            "duplicate segment name `{key}`: each segment is defined once"
+        ));
+    }
     if key.is_empty() {
         Some(message)
     } else {
@@ -150,7 +151,7 @@ fn syntax_message(text: &str, span: &Range<usize>, message: &str) -> Option<Stri
 }
 
 /// The keys of a table, with an error for each key not in `known`.
-fn fields<'t, 'i>(
+pub(super) fn fields<'t, 'i>(
     cx: &mut Ctx<'_>,
     table: &'t DeTable<'i>,
     what: &str,
@@ -175,7 +176,7 @@ fn fields<'t, 'i>(
     out
 }
 
-fn array_of_tables<'t, 'i>(
+pub(super) fn array_of_tables<'t, 'i>(
     cx: &mut Ctx<'_>,
     v: &'t Val<'i>,
     name: &str,
@@ -203,117 +204,12 @@ fn array_of_tables<'t, 'i>(
     out
 }
 
-fn segment_name_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn parse_segments(cx: &mut Ctx<'_>, v: &Val<'_>) -> BTreeMap<String, Segment> {
-    let DeValue::Table(table) = v.get_ref() else {
-        cx.err(
-            v.span(),
-            "`segments` must be a table: write `[segments.NAME]`",
-        );
-        return BTreeMap::new();
-    };
-    let mut out = BTreeMap::new();
-    for (k, sv) in table {
-        let name: &str = k.get_ref();
-        if !segment_name_ok(name) {
-            cx.err(
-                k.span(),
-                format!(
-                    "invalid segment name `{name}`: use letters, digits, '-', '_' or '.', starting with a letter or digit"
-                ),
-            );
-            continue;
-        }
-        let DeValue::Table(st) = sv.get_ref() else {
-            cx.err(
-                sv.span(),
-                format!("segment `{name}` must be a table with a `match` selector"),
-            );
-            continue;
-        };
-        let what = format!("segment `{name}`");
-        let f = fields(cx, st, &what, &["match", "exclude"]);
-        let matches = match f.get("match") {
-            Some(m) => selector(cx, m, &format!("`match` of {what}")),
-            None => {
-                cx.err(
-                    k.span(),
-                    format!("{what} has no `match`: add e.g. match = {{ role = \"{name}\" }}"),
-                );
-                None
-            }
-        };
-        let exclude = match f.get("exclude") {
-            Some(e) => selector(cx, e, &format!("`exclude` of {what}")),
-            None => Some(Selector::new()),
-        };
-        if let (Some(matches), Some(exclude)) = (matches, exclude) {
-            let loc = cx.loc(k.span().start);
-            out.insert(
-                name.to_string(),
-                Segment {
-                    name: name.to_string(),
-                    matches,
-                    exclude,
-                    loc,
-                },
-            );
-        }
-    }
-    out
-}
-
-/// `{ key = "value", key2 = ["a", "b"] }`.
-fn selector(cx: &mut Ctx<'_>, v: &Val<'_>, what: &str) -> Option<Selector> {
-    let DeValue::Table(t) = v.get_ref() else {
-        cx.err(
-            v.span(),
-            format!("{what} must be a table of labels, e.g. {{ role = \"web\" }}"),
-        );
-        return None;
-    };
-    let mut out = Selector::new();
-    let mut ok = true;
-    for (k, lv) in t {
-        let key: &str = k.get_ref();
-        let values = match strings(cx, lv, &format!("label `{key}` in {what}")) {
-            Some(vals) if vals.is_empty() => {
-                cx.err(
-                    lv.span(),
-                    format!("label `{key}` in {what} lists no values"),
-                );
-                None
-            }
-            other => other,
-        };
-        let Some(values) = values else {
-            ok = false;
-            continue;
-        };
-        let mut vals = Vec::new();
-        for (val, span) in values {
-            if let Err(e) = validate_label(key, &val) {
-                cx.err(span, e.to_string());
-                ok = false;
-            }
-            vals.push(val);
-        }
-        vals.sort();
-        vals.dedup();
-        out.insert(key.to_string(), vals);
-    }
-    ok.then_some(out)
-}
-
 /// A string, or an array of strings, with each string's span.
-fn strings(cx: &mut Ctx<'_>, v: &Val<'_>, what: &str) -> Option<Vec<(String, Range<usize>)>> {
+pub(super) fn strings(
+    cx: &mut Ctx<'_>,
+    v: &Val<'_>,
+    what: &str,
+) -> Option<Vec<(String, Range<usize>)>> {
     match v.get_ref() {
         DeValue::String(s) => Some(vec![(s.to_string(), v.span())]),
         DeValue::Array(items) => {
@@ -371,7 +267,7 @@ fn parse_rule(
     })
 }
 
-fn required<'t, 'i>(
+pub(super) fn required<'t, 'i>(
     cx: &mut Ctx<'_>,
     f: &BTreeMap<&str, &'t Val<'i>>,
     key: &str,
@@ -467,141 +363,8 @@ fn ports(cx: &mut Ctx<'_>, v: &Val<'_>) -> Option<Vec<PortSpec>> {
     ok.then_some(out)
 }
 
-fn parse_test(
-    cx: &mut Ctx<'_>,
-    (table, span): (&DeTable<'_>, Range<usize>),
-    segments: &BTreeMap<String, Segment>,
-    inventory: Option<&Inventory>,
-) -> Option<TestCase> {
-    let what = "[[test]]";
-    let f = fields(cx, table, what, &["name", "from", "to", "port", "expect"]);
-    let name = optional_string(cx, &f, "name");
-    let from =
-        required(cx, &f, "from", what, &span).and_then(|v| endpoint(cx, v, segments, inventory));
-    let to = required(cx, &f, "to", what, &span).and_then(|v| endpoint(cx, v, segments, inventory));
-    let port = required(cx, &f, "port", what, &span).and_then(|v| test_port(cx, v));
-    let expect = required(cx, &f, "expect", what, &span).and_then(|v| match v.get_ref() {
-        DeValue::String(s) if s == "allow" => Some(Verdict::Allow),
-        DeValue::String(s) if s == "deny" => Some(Verdict::Deny),
-        _ => {
-            cx.err(v.span(), "`expect` must be \"allow\" or \"deny\"");
-            None
-        }
-    });
-    Some(TestCase {
-        name,
-        from: from?,
-        to: to?,
-        port: port?,
-        expect: expect?,
-        loc: cx.loc(span.start),
-    })
-}
-
-fn endpoint(
-    cx: &mut Ctx<'_>,
-    v: &Val<'_>,
-    segments: &BTreeMap<String, Segment>,
-    inventory: Option<&Inventory>,
-) -> Option<Endpoint> {
-    match v.get_ref() {
-        DeValue::String(s) => {
-            let name = match NodeName::new(s.to_string()) {
-                Ok(n) => n,
-                Err(e) => {
-                    cx.err(v.span(), e.to_string());
-                    return None;
-                }
-            };
-            if let Some(inv) = inventory
-                && inv.node(name.as_str()).is_none()
-            {
-                {
-                    let hint = if segments.contains_key(name.as_str()) {
-                        format!(
-                            " (`{name}` is a segment; a test endpoint is a node name or a table of labels)"
-                        )
-                    } else {
-                        String::new()
-                    };
-                    cx.err(
-                        v.span(),
-                        format!("unknown node `{name}`: not in the inventory{hint}"),
-                    );
-                    return None;
-                }
-            }
-            Some(Endpoint::Node(name))
-        }
-        DeValue::Table(t) => {
-            let mut labels = Labels::new();
-            let mut ok = true;
-            for (k, lv) in t {
-                let key: &str = k.get_ref();
-                match lv.get_ref() {
-                    DeValue::String(val) => match validate_label(key, val) {
-                        Ok(()) => {
-                            labels.insert(key.to_string(), val.to_string());
-                        }
-                        Err(e) => {
-                            cx.err(lv.span(), e.to_string());
-                            ok = false;
-                        }
-                    },
-                    other => {
-                        cx.err(
-                            lv.span(),
-                            format!(
-                                "label `{key}` of a test endpoint must be one string, not {}",
-                                an(other.type_str())
-                            ),
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            ok.then_some(Endpoint::Labels(labels))
-        }
-        other => {
-            cx.err(
-                v.span(),
-                format!(
-                    "a test endpoint is a node name or a table of labels, not {}",
-                    an(other.type_str())
-                ),
-            );
-            None
-        }
-    }
-}
-
-/// A test probes one flow: one TCP/UDP port, or ICMP / other.
-fn test_port(cx: &mut Ctx<'_>, v: &Val<'_>) -> Option<PortSpec> {
-    let DeValue::String(s) = v.get_ref() else {
-        cx.err(v.span(), "`port` must be a string such as \"tcp/5432\"");
-        return None;
-    };
-    match s.parse::<PortSpec>() {
-        Ok(p @ PortSpec::Proto(Proto::Icmp | Proto::Other, None)) => Some(p),
-        Ok(p @ PortSpec::Proto(Proto::Tcp | Proto::Udp, Some((a, b)))) if a == b => Some(p),
-        Ok(_) => {
-            cx.err(
-                v.span(),
-                format!(
-                    "test port {s:?} is not one flow: name one port, e.g. \"tcp/5432\", \"udp/53\" or \"icmp\""
-                ),
-            );
-            None
-        }
-        Err(e) => {
-            cx.err(v.span(), format!("invalid port {s:?}: {e}"));
-            None
-        }
-    }
-}
-
 /// "a string", "an integer", "an array".
-fn an(type_name: &str) -> String {
+pub(super) fn an(type_name: &str) -> String {
     let article = if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
         "an"
     } else {
@@ -611,7 +374,11 @@ fn an(type_name: &str) -> String {
 }
 
 /// An optional free-text field.
-fn optional_string(cx: &mut Ctx<'_>, f: &BTreeMap<&str, &Val<'_>>, key: &str) -> Option<String> {
+pub(super) fn optional_string(
+    cx: &mut Ctx<'_>,
+    f: &BTreeMap<&str, &Val<'_>>,
+    key: &str,
+) -> Option<String> {
     let v = f.get(key)?;
     match v.get_ref() {
         DeValue::String(s) => Some(s.to_string()),

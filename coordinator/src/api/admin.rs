@@ -209,6 +209,7 @@ pub async fn list_nodes(
     State(ctx): State<Arc<Ctx>>,
     _: AdminAuth,
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
+    ctx.dist.flush_acks().await;
     let connected = ctx.dist.connected().await;
     let nodes = ctx.store.list_nodes().await?;
     Ok(Json(
@@ -400,6 +401,7 @@ pub async fn audit(
     State(ctx): State<Arc<Ctx>>,
     _: AdminAuth,
 ) -> Result<Json<AuditReport>, ApiError> {
+    ctx.dist.flush_acks().await;
     let mut nodes = Vec::new();
     for n in ctx
         .store

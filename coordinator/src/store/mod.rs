@@ -117,6 +117,15 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
+/// A netmap version sent to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetmapRecord {
+    pub node_id: i64,
+    pub version: u64,
+    /// The netmap JSON.
+    pub body: String,
+}
+
 /// Who makes a change and when; recorded in the audit log.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -229,12 +238,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         change: &Change,
     ) -> Result<PolicyRecord, StoreError>;
 
-    /// Records netmap `version` as sent to the node; refused unless it is
-    /// higher than the last recorded one (versions are monotonic per node).
-    async fn record_netmap(&self, node_id: i64, version: u64, body: &str)
-    -> Result<(), StoreError>;
+    /// Records netmap versions as sent, all in one transaction; each is
+    /// refused (and none is written) unless it is higher than the node's
+    /// last recorded version (versions are monotonic per node).
+    async fn record_netmaps(&self, maps: &[NetmapRecord]) -> Result<(), StoreError>;
+    /// One netmap; see [`Store::record_netmaps`].
+    async fn record_netmap(
+        &self,
+        node_id: i64,
+        version: u64,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let rec = NetmapRecord {
+            node_id,
+            version,
+            body: body.to_string(),
+        };
+        self.record_netmaps(std::slice::from_ref(&rec)).await
+    }
     /// Marks `version` applied by the node; older stored netmaps are dropped.
     async fn ack_netmap(&self, node_id: i64, version: u64, at: UnixTime) -> Result<(), StoreError>;
+    /// Records many acks `(node_id, version)` in one transaction; acks that
+    /// are stale or name a version never sent are skipped, not errors (the
+    /// caller validated them; a batch must not fail for one late ack).
+    async fn ack_netmaps(&self, acks: &[(i64, u64)], at: UnixTime) -> Result<(), StoreError>;
     /// The newest netmap recorded for the node.
     async fn latest_netmap(&self, node_id: i64) -> Result<Option<(u64, String)>, StoreError>;
     /// The netmap the node last acked.

@@ -20,8 +20,8 @@ use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 
 use super::alloc::{next_v4, next_v6};
 use super::{
-    AuditEntry, CertSigner, Change, EnrollRequest, IssuedCert, NewToken, NodeRecord, PolicyRecord,
-    Prefixes, Store, StoreError, TokenRecord, TokenRefusal, UnixTime,
+    AuditEntry, CertSigner, Change, EnrollRequest, IssuedCert, NetmapRecord, NewToken, NodeRecord,
+    PolicyRecord, Prefixes, Store, StoreError, TokenRecord, TokenRefusal, UnixTime,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[(
@@ -470,32 +470,31 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn record_netmap(
-        &self,
-        node_id: i64,
-        version: u64,
-        body: &str,
-    ) -> Result<(), StoreError> {
-        let v = i64::try_from(version).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    async fn record_netmaps(&self, maps: &[NetmapRecord]) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        let res =
-            sqlx::query("UPDATE nodes SET netmap_version = ? WHERE id = ? AND netmap_version < ?")
-                .bind(v)
-                .bind(node_id)
-                .bind(v)
-                .execute(&mut *tx)
-                .await?;
-        if res.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "netmap version {version} for node {node_id} is not newer than the last one"
-            )));
-        }
-        sqlx::query("INSERT INTO netmaps (node_id, version, body) VALUES (?, ?, ?)")
-            .bind(node_id)
+        for m in maps {
+            let v = i64::try_from(m.version).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let res = sqlx::query(
+                "UPDATE nodes SET netmap_version = ? WHERE id = ? AND netmap_version < ?",
+            )
             .bind(v)
-            .bind(body)
+            .bind(m.node_id)
+            .bind(v)
             .execute(&mut *tx)
             .await?;
+            if res.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "netmap version {} for node {} is not newer than the last one",
+                    m.version, m.node_id
+                )));
+            }
+            sqlx::query("INSERT INTO netmaps (node_id, version, body) VALUES (?, ?, ?)")
+                .bind(m.node_id)
+                .bind(v)
+                .bind(&m.body)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -524,6 +523,33 @@ impl Store for SqliteStore {
             .bind(v)
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ack_netmaps(&self, acks: &[(i64, u64)], at: UnixTime) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        for (node_id, version) in acks {
+            let v = i64::try_from(*version).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let res = sqlx::query(
+                "UPDATE nodes SET acked_version = ?, acked_at = ? \
+                 WHERE id = ? AND acked_version <= ? AND netmap_version >= ?",
+            )
+            .bind(v)
+            .bind(at)
+            .bind(node_id)
+            .bind(v)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+            if res.rows_affected() > 0 {
+                sqlx::query("DELETE FROM netmaps WHERE node_id = ? AND version < ?")
+                    .bind(node_id)
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         Ok(())
     }

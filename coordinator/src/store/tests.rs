@@ -216,6 +216,17 @@ async fn labels_policy_netmaps_audit(s: &dyn Store) {
         s.record_netmap(n.id, 2, "again").await,
         Err(StoreError::Conflict(_))
     ));
+    let rec = |v: u64, body: &str| NetmapRecord {
+        node_id: n.id,
+        version: v,
+        body: body.into(),
+    };
+    let err = s.record_netmaps(&[rec(3, "m3"), rec(3, "dup")]).await;
+    assert!(
+        matches!(err, Err(StoreError::Conflict(_))),
+        "a batch is all or nothing"
+    );
+    assert_eq!(s.latest_netmap(n.id).await.unwrap(), Some((2, "m2".into())));
     assert!(s.acked_netmap(n.id).await.unwrap().is_none());
     assert!(s.ack_netmap(n.id, 3, NOW).await.is_err(), "never sent");
     s.ack_netmap(n.id, 1, NOW).await.unwrap();

@@ -1,0 +1,260 @@
+//! Control-plane load generator: N simulated nodes over real mTLS against a
+//! coordinator, and the distribution of change -> netmap-received and
+//! change -> acked times.
+//!
+//! By default it starts an in-process coordinator on 127.0.0.1 with a temp
+//! data dir (so it measures the coordinator's distribution path, sharing the
+//! machine's cores with the simulated nodes). Nodes are put in groups of
+//! `--group` that may talk within the group, so a label change affects one
+//! or two groups and a policy change affects every node.
+//!
+//! ```sh
+//! segmesh-loadgen --nodes 1000 --group 20
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use rcgen::{CertificateParams, KeyPair};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use segmesh_config::PublicKey;
+use segmesh_config::client::{HttpsClient, ServerTrust, tls_config};
+use segmesh_config::control::{EnrollResponse, JoinToken, StreamMessage};
+use segmesh_coordinator::clock::SystemClock;
+use segmesh_coordinator::config::CoordinatorConfig;
+use segmesh_coordinator::server::{ADMIN_TOKEN_FILE, spawn};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "segmesh-loadgen",
+    about = "N simulated nodes against a coordinator"
+)]
+struct Args {
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Nodes per group (groups talk within themselves).
+    #[arg(long, default_value_t = 20)]
+    group: usize,
+    /// Label changes to measure.
+    #[arg(long, default_value_t = 5)]
+    label_changes: usize,
+}
+
+/// (node index, netmap version, received at, acked at)
+type Report = (usize, u64, Instant, Instant);
+
+#[allow(clippy::disallowed_methods)] // a benchmark reads the clock
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn policy(groups: usize, port: u16) -> String {
+    let mut p = String::new();
+    for g in 0..groups {
+        p.push_str(&format!(
+            "[segments.g{g}]\nmatch = {{ group = \"g{g}\" }}\n[[allow]]\nfrom = \"g{g}\"\nto = \"g{g}\"\nports = [\"tcp/{port}\"]\n"
+        ));
+    }
+    p
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(what: &str, mut v: Vec<Duration>) {
+    v.sort();
+    println!(
+        "| {what} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        v.len(),
+        percentile(&v, 0.5).as_secs_f64() * 1e3,
+        percentile(&v, 0.9).as_secs_f64() * 1e3,
+        percentile(&v, 0.99).as_secs_f64() * 1e3,
+        v.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.group < 2 || args.nodes < args.group {
+        bail!("need --group >= 2 and --nodes >= --group");
+    }
+    let groups = args.nodes.div_ceil(args.group);
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("https://{}", listener.local_addr()?);
+    let cfg = CoordinatorConfig::parse(
+        "loadgen",
+        &format!("data_dir = {:?}\npublic_urls = [\"{url}\"]\n", dir.path()),
+    )?;
+    let running = spawn(&cfg, listener, Arc::new(SystemClock)).await?;
+    let ca = running.prepared_ctx.ca.cert_der().clone();
+    let admin_token = std::fs::read_to_string(dir.path().join(ADMIN_TOKEN_FILE))?
+        .trim()
+        .to_string();
+    let admin = HttpsClient::new(
+        &url,
+        Arc::new(tls_config(&ServerTrust::Ca(vec![ca.clone()]), None)?),
+    )?;
+    let call = |method: &'static str, path: String, body: Value| {
+        let admin = admin.clone();
+        let tok = admin_token.clone();
+        async move {
+            let r = admin
+                .request(method, &path, Some(&tok), Some(serde_json::to_vec(&body)?))
+                .await?;
+            if r.status >= 300 {
+                bail!("{path}: {}", String::from_utf8_lossy(&r.body));
+            }
+            Ok::<Value, anyhow::Error>(serde_json::from_slice(&r.body)?)
+        }
+    };
+    call(
+        "POST",
+        "/v1/admin/policy".into(),
+        json!({ "text": policy(groups, 8080) }),
+    )
+    .await?;
+
+    // Enroll.
+    let t_enroll = now();
+    let mut clients = Vec::new();
+    for g in 0..groups {
+        let n = args.group.min(args.nodes - g * args.group);
+        let t = call("POST", "/v1/admin/tokens".into(), json!({ "labels": { "group": format!("g{g}") }, "name_prefix": format!("g{g}"), "ttl_secs": 3600, "uses": n })).await?;
+        let token = JoinToken::parse(t["token"].as_str().context("token")?)?;
+        for _ in 0..n {
+            let i = clients.len();
+            let key = KeyPair::generate()?;
+            let csr = CertificateParams::default()
+                .serialize_request(&key)?
+                .pem()?;
+            let mut pk = [0u8; 32];
+            pk[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            let body = json!({ "secret": token.secret, "public_key": PublicKey::from_bytes(pk), "csr_pem": csr });
+            let r = admin
+                .request("POST", "/v1/enroll", None, Some(serde_json::to_vec(&body)?))
+                .await?;
+            if r.status != 200 {
+                bail!("enroll: {}", String::from_utf8_lossy(&r.body));
+            }
+            let resp: EnrollResponse = serde_json::from_slice(&r.body)?;
+            let cert = CertificateDer::from_pem_slice(resp.cert_pem.as_bytes())?;
+            let id = (
+                vec![cert],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            );
+            let tls = tls_config(&ServerTrust::Ca(vec![ca.clone()]), Some(id))?;
+            clients.push((resp.name, HttpsClient::new(&url, Arc::new(tls))?));
+        }
+    }
+    println!(
+        "enrolled {} nodes in {} groups in {:?}",
+        clients.len(),
+        groups,
+        t_enroll.elapsed()
+    );
+
+    // Streams: each simulated node reports (version, received, acked).
+    let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
+    let t_conn = now();
+    for (i, (_, c)) in clients.iter().enumerate() {
+        let (c, tx) = (c.clone(), tx.clone());
+        let mut s = c
+            .stream("/v1/stream")
+            .await?
+            .map_err(|r| anyhow::anyhow!("stream refused: {}", r.status))?;
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = s.next_line().await {
+                let got = now();
+                if let Ok(StreamMessage::Netmap { netmap, .. }) = serde_json::from_slice(&line) {
+                    let ack = serde_json::to_vec(&json!({ "version": netmap.version }))
+                        .unwrap_or_default();
+                    let _ = c.request("POST", "/v1/ack", None, Some(ack)).await;
+                    let _ = tx.send((i, netmap.version, got, now()));
+                }
+            }
+        });
+    }
+    // Drain the initial netmaps.
+    let mut initial = 0;
+    while initial < clients.len() {
+        tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await?
+            .context("streams")?;
+        initial += 1;
+    }
+    println!(
+        "{} streams open and first netmaps acked in {:?}",
+        clients.len(),
+        t_conn.elapsed()
+    );
+    println!();
+    println!("| change | nodes updated | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+
+    // Label changes: move one node to the next group.
+    let mut recv_l = Vec::new();
+    let mut ack_l = Vec::new();
+    for k in 0..args.label_changes {
+        let (name, _) = &clients[(k * 7919) % clients.len()];
+        let target = format!("g{}", (k + 1) % groups);
+        let path = format!("/v1/admin/nodes/{name}/labels");
+        let t0 = now();
+        call("POST", path, json!({ "set": { "group": target } })).await?;
+        let (r, a) = collect(&mut rx, t0).await;
+        recv_l.extend(r);
+        ack_l.extend(a);
+    }
+    summary("label change: received", recv_l);
+    summary("label change: acked", ack_l);
+
+    // A policy change that touches every netmap.
+    let t0 = now();
+    call(
+        "POST",
+        "/v1/admin/policy".into(),
+        json!({ "text": policy(groups, 9090) }),
+    )
+    .await?;
+    let api = t0.elapsed();
+    let (r, a) = collect(&mut rx, t0).await;
+    summary("policy change (all nodes): received", r);
+    summary("policy change (all nodes): acked", a);
+    println!();
+    println!("policy apply API call returned after {api:?}");
+    let m = admin.request("GET", "/metrics", None, None).await?;
+    for l in String::from_utf8_lossy(&m.body).lines().filter(|l| {
+        l.starts_with("segmesh_netmap_apply_seconds_count") || l.starts_with("segmesh_streams")
+    }) {
+        println!("{l}");
+    }
+    running.stop().await;
+    Ok(())
+}
+
+/// Collects every update until none arrives for 2 s.
+async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<Report>,
+    t0: Instant,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let mut recv = Vec::new();
+    let mut ack = Vec::new();
+    while let Ok(Some((_, _, got, acked))) =
+        tokio::time::timeout(Duration::from_secs(2), rx.recv()).await
+    {
+        recv.push(got.saturating_duration_since(t0));
+        ack.push(acked.saturating_duration_since(t0));
+    }
+    (recv, ack)
+}
