@@ -63,6 +63,13 @@ impl fmt::Display for NodeName {
     }
 }
 
+/// Lets maps keyed by `NodeName` be searched with a `&str` (the orders agree).
+impl std::borrow::Borrow<str> for NodeName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl FromStr for NodeName {
     type Err = IdentityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -19,6 +19,7 @@ use segmesh_config::{NetMap, NodeConfig};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 use tun_rs::AsyncDevice;
 
 use crate::core::{ApplyError, Event, Node, Transmit};
@@ -314,6 +315,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tun: tun.clone(),
         current: map,
     };
+    // Every task's log lines carry the node's name.
+    let span = tracing::info_span!("node", node = %applier.current.node.name);
     let wires = Wires {
         shared: shared.clone(),
         udp,
@@ -321,21 +324,27 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         events: ev_tx,
         v6: v6_socket,
     };
-    tasks.spawn(tun_task(wires.clone()));
-    tasks.spawn(udp_task(wires.clone()));
-    tasks.spawn(timer_task(wires));
-    tasks.spawn(event_task(ev_rx, flowlog));
+    tasks.spawn(tun_task(wires.clone()).instrument(span.clone()));
+    tasks.spawn(udp_task(wires.clone()).instrument(span.clone()));
+    tasks.spawn(timer_task(wires).instrument(span.clone()));
+    tasks.spawn(event_task(ev_rx, flowlog).instrument(span.clone()));
     match s.feed {
-        Some(feed) => tasks.spawn(feed_task(applier, feed)),
-        None => tasks.spawn(netmap_task(applier, cfg.netmap_file.clone(), hup)),
+        Some(feed) => tasks.spawn(feed_task(applier, feed).instrument(span.clone())),
+        None => {
+            tasks.spawn(netmap_task(applier, cfg.netmap_file.clone(), hup).instrument(span.clone()))
+        }
     };
     let source: Arc<dyn StatusSource> = shared.clone();
     tasks.spawn({
         let source = source.clone();
         async move { ctlsock::run(ctl, source).await.map_err(anyhow::Error::from) }
+            .instrument(span.clone())
     });
     if let Some(l) = uapi_listener {
-        tasks.spawn(async move { uapi::run(l, source).await.map_err(anyhow::Error::from) });
+        tasks.spawn(
+            async move { uapi::run(l, source).await.map_err(anyhow::Error::from) }
+                .instrument(span.clone()),
+        );
     }
 
     let result = tokio::select! {

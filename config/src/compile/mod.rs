@@ -173,8 +173,7 @@ impl Compiler {
 
     /// The node with this name.
     pub fn node(&self, name: &str) -> Option<&InventoryNode> {
-        let slot = self.by_name.iter().find(|(n, _)| n.as_str() == name)?.1;
-        self.slot(*slot).map(|s| &s.node)
+        self.slot(*self.by_name.get(name)?).map(|s| &s.node)
     }
 
     /// Node names, sorted.

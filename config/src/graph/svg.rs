@@ -242,8 +242,11 @@ pub fn to_svg(g: &Graph, title: &str) -> String {
             let p = format!(
                 "M {x0:.1} {y0:.1} C {bulge:.1} {y0:.1}, {bulge:.1} {y1:.1}, {x1:.1} {y1:.1}"
             );
+            // The label sits just right of the curve's outermost point,
+            // clear of the boxes it loops around.
             let mx = (x0 + 3.0 * bulge + 3.0 * bulge + x1) / 8.0;
-            (p, (mx, (y0 + y1) / 2.0))
+            let w = (prefix.len() + e.ports.to_string().len()) as f64 * CHAR_W + 8.0;
+            (p, (mx + w / 2.0 + 6.0, (y0 + y1) / 2.0))
         };
         let tip = format!(
             "{} -> {}: {}{} ({})",
