@@ -201,6 +201,20 @@ pub struct AckRequest {
     pub version: u64,
 }
 
+/// POST /v1/rotate-key: the node's new WireGuard public key. Peers receive
+/// the change marked as a [`Rotation`], so their pinning accepts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyRequest {
+    pub public_key: PublicKey,
+}
+
+/// Reply to a key rotation: the node's netmap version carrying the new key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateKeyResponse {
+    pub version: u64,
+}
+
 /// Error body of every non-2xx API reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

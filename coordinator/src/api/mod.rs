@@ -79,6 +79,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/stream", get(node::stream))
         .route("/v1/ack", post(node::ack))
         .route("/v1/endpoints", post(node::endpoints))
+        .route("/v1/rotate-key", post(node::rotate_key))
         .route(
             "/v1/admin/tokens",
             get(admin::list_tokens).post(admin::create_token),

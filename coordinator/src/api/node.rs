@@ -12,7 +12,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use segmesh_config::NodeName;
 use segmesh_config::control::{
-    AckRequest, EndpointsReport, EnrollRequest, EnrollResponse, StreamMessage, decode_secret,
+    AckRequest, EndpointsReport, EnrollRequest, EnrollResponse, RotateKeyRequest,
+    RotateKeyResponse, Rotation, StreamMessage, decode_secret,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -156,4 +157,30 @@ pub async fn endpoints(
             .await?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /v1/rotate-key: the node replaces its WireGuard key. Its peers get
+/// the new key marked as a rotation of the old one.
+pub async fn rotate_key(
+    State(ctx): State<Arc<Ctx>>,
+    NodeAuth(node, _): NodeAuth,
+    JsonBody(req): JsonBody<RotateKeyRequest>,
+) -> Result<Json<RotateKeyResponse>, ApiError> {
+    let now = ctx.clock.now();
+    let change = store::Change::new(format!("node:{}", node.name), now.unix);
+    let (old, _) = ctx
+        .store
+        .rotate_key(&node.name, &req.public_key, &change)
+        .await?;
+    let rotation = Rotation {
+        old,
+        new: req.public_key,
+    };
+    let pushed = ctx
+        .dist
+        .node_changed(&node.name, vec![rotation], now.instant)
+        .await?;
+    tracing::info!(node = %node.name, peers = pushed.len().saturating_sub(1), "WireGuard key rotated");
+    let version = ctx.dist.expected(&node.name).await.map_or(0, |m| m.version);
+    Ok(Json(RotateKeyResponse { version }))
 }

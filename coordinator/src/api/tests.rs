@@ -512,3 +512,52 @@ async fn restart_keeps_state_and_versions() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn key_rotation_reaches_peers_marked_as_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path()).await;
+    h.admin("POST", "/v1/admin/policy", Some(json!({ "text": POLICY })))
+        .await;
+    let web_tok = h
+        .token(json!({ "role": "web", "env": "prod" }), "web", 1)
+        .await;
+    let db_tok = h.token(json!({ "role": "db" }), "db", 1).await;
+    let db = h.enroll(&db_tok, "db-1", 2).await.unwrap();
+    let web = h.enroll(&web_tok, "web-1", 1).await.unwrap();
+    let mut db_s = db.stream().await;
+    let first = next_netmap(&mut db_s, 2).await.unwrap();
+    assert_eq!(first.peers[0].public_key, PublicKey::from_bytes([1; 32]));
+
+    let new = PublicKey::from_bytes([42; 32]);
+    assert_eq!(
+        web.post("/v1/rotate-key", json!({ "public_key": new }))
+            .await,
+        200
+    );
+    // The peer sees the new key, marked as a rotation of the old one.
+    let line = loop {
+        let l = db_s.next_line().await.unwrap().unwrap();
+        if let Ok(StreamMessage::Netmap { netmap, rotations }) = serde_json::from_slice(&l) {
+            break (netmap, rotations);
+        }
+    };
+    assert_eq!(line.0.peers[0].public_key, new);
+    assert_eq!(line.1.len(), 1);
+    assert_eq!(
+        (line.1[0].old, line.1[0].new),
+        (PublicKey::from_bytes([1; 32]), new)
+    );
+    // A key another node holds is refused.
+    assert_eq!(
+        web.post(
+            "/v1/rotate-key",
+            json!({ "public_key": PublicKey::from_bytes([2; 32]) })
+        )
+        .await,
+        409
+    );
+    let (_, log) = h.admin("GET", "/v1/admin/audit-log", None).await;
+    assert!(log.to_string().contains("node.rotate_key"));
+    h.stop().await;
+}

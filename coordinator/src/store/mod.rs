@@ -228,6 +228,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         endpoints: &[SocketAddr],
     ) -> Result<bool, StoreError>;
 
+    /// Replaces the node's WireGuard key (a rotation requested by the node
+    /// over mTLS) and audits it. Returns the old key and the updated node.
+    async fn rotate_key(
+        &self,
+        name: &NodeName,
+        new_key: &PublicKey,
+        change: &Change,
+    ) -> Result<(PublicKey, NodeRecord), StoreError>;
+
     /// The current policy, if one was ever applied.
     async fn policy(&self) -> Result<Option<PolicyRecord>, StoreError>;
     /// Stores a new policy version and audits it with `details` (e.g. the diff).

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use segmesh_config::{Labels, NodeName};
+use segmesh_config::{Labels, NodeName, PublicKey};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -422,6 +422,38 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(res.rows_affected() > 0)
+    }
+
+    async fn rotate_key(
+        &self,
+        name: &NodeName,
+        new_key: &PublicKey,
+        change: &Change,
+    ) -> Result<(PublicKey, NodeRecord), StoreError> {
+        let mut tx = self.write().await?;
+        let node = node_tx(&mut tx, name).await?;
+        if node.revoked {
+            return Err(StoreError::Invalid(format!("node {name} is revoked")));
+        }
+        let taken = sqlx::query("SELECT 1 FROM nodes WHERE public_key = ?")
+            .bind(new_key.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::Conflict(
+                "this WireGuard public key is already enrolled".into(),
+            ));
+        }
+        sqlx::query("UPDATE nodes SET public_key = ? WHERE id = ?")
+            .bind(new_key.to_string())
+            .bind(node.id)
+            .execute(&mut *tx)
+            .await?;
+        let details = serde_json::json!({ "node": name, "old": node.public_key, "new": new_key });
+        audit_tx(&mut tx, "node.rotate_key", &details, change).await?;
+        let updated = node_tx(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok((node.public_key, updated))
     }
 
     async fn policy(&self) -> Result<Option<PolicyRecord>, StoreError> {

@@ -244,6 +244,12 @@ async fn labels_policy_netmaps_audit(s: &dyn Store) {
     assert!(s.set_endpoints(&n.name, &eps).await.unwrap());
     assert!(!s.set_endpoints(&n.name, &eps).await.unwrap(), "unchanged");
 
+    let (old, rotated) = s
+        .rotate_key(&n.name, &PublicKey::from_bytes([77; 32]), &admin)
+        .await
+        .unwrap();
+    assert_eq!(old, PublicKey::from_bytes([1; 32]));
+    assert_eq!(rotated.public_key, PublicKey::from_bytes([77; 32]));
     let log = s.audit_log(100).await.unwrap();
     let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
@@ -253,12 +259,13 @@ async fn labels_policy_netmaps_audit(s: &dyn Store) {
             "node.enroll",
             "node.label",
             "policy.apply",
-            "policy.apply"
+            "policy.apply",
+            "node.rotate_key"
         ]
     );
     assert_eq!(log[1].actor, "token:1");
     assert_eq!(log[4].details["policy_version"], 2);
-    assert_eq!(s.audit_log(1).await.unwrap()[0].id, log[4].id);
+    assert_eq!(s.audit_log(1).await.unwrap()[0].id, log[5].id);
 }
 
 #[tokio::test]
