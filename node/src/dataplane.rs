@@ -70,6 +70,10 @@ struct Shared {
     core: Mutex<Node>,
     interface: String,
     listen_port: u16,
+    /// One reading of both clocks: monotonic instants are turned into wall
+    /// times through it, so a handshake's reported time never jitters
+    /// between two `status` calls.
+    anchor: (Instant, u64),
 }
 
 impl Shared {
@@ -82,8 +86,10 @@ impl Shared {
 
 impl StatusSource for Shared {
     fn status(&self) -> NodeStatus {
-        let st = self.lock().status(now());
-        let wall = wall_ms();
+        let now = now();
+        let st = self.lock().status(now);
+        let (t0, wall0) = self.anchor;
+        let wall_of = |at: Instant| wall0 + at.saturating_duration_since(t0).as_millis() as u64;
         NodeStatus {
             name: st.name,
             interface: self.interface.clone(),
@@ -99,9 +105,7 @@ impl StatusSource for Shared {
                     name: p.name,
                     endpoint: p.endpoint,
                     allowed_ips: p.allowed_ips,
-                    last_handshake_unix_ms: p
-                        .since_handshake
-                        .map(|d| wall.saturating_sub(d.as_millis() as u64)),
+                    last_handshake_unix_ms: p.since_handshake.map(|d| wall_of(now - d)),
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
                     outbound: p.outbound,
@@ -280,6 +284,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         core: Mutex::new(node),
         interface: cfg.interface.to_string(),
         listen_port,
+        anchor: (t0, wall_ms()),
     });
     let ctl_path = cfg
         .control_socket
