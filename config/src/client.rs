@@ -178,13 +178,17 @@ pub fn tls_config(
     })
 }
 
-/// A coordinator endpoint plus TLS settings.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A coordinator endpoint plus TLS settings. Clones share the kept-alive
+/// connection of [`HttpsClient::request`].
 #[derive(Clone)]
 pub struct HttpsClient {
     url: String,
     host: String,
     port: u16,
     tls: Arc<ClientConfig>,
+    idle: Arc<tokio::sync::Mutex<Option<Sender>>>,
 }
 
 impl std::fmt::Debug for HttpsClient {
@@ -238,6 +242,7 @@ impl HttpsClient {
             host,
             port,
             tls,
+            idle: Arc::default(),
         })
     }
 
@@ -246,13 +251,8 @@ impl HttpsClient {
         &self.url
     }
 
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        bearer: Option<&str>,
-        body: Option<Vec<u8>>,
-    ) -> Result<hyper::Response<Incoming>, ClientError> {
+    /// Opens a new TLS connection and HTTP/1.1 handshake.
+    async fn connect(&self) -> Result<Sender, ClientError> {
         let connect_err = |source| ClientError::Connect {
             url: self.url.clone(),
             source,
@@ -270,11 +270,21 @@ impl HttpsClient {
             .connect(server_name, tcp)
             .await
             .map_err(connect_err)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
-            // Ends when the response body is dropped or the server closes.
+            // Ends when the sender is dropped or the server closes.
             let _ = conn.await;
         });
+        Ok(sender)
+    }
+
+    fn build(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<hyper::Request<Full<Bytes>>, ClientError> {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -285,13 +295,15 @@ impl HttpsClient {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ClientError::Request(e.to_string()))?;
-        Ok(sender.send_request(req).await?)
+        req.body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Request(e.to_string()))
     }
 
-    /// One request; the whole body is read.
+    /// One request; the whole body is read. The connection is kept and
+    /// reused by the next request (acks and endpoint reports would
+    /// otherwise pay a TLS handshake each). A request that fails on a
+    /// reused connection (the server closed it) is sent once more on a new
+    /// one; the API's mTLS routes are idempotent.
     pub async fn request(
         &self,
         method: &str,
@@ -299,16 +311,39 @@ impl HttpsClient {
         bearer: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<Response, ClientError> {
-        let resp = self.send(method, path, bearer, body).await?;
+        let mut idle = self.idle.lock().await;
+        if let Some(mut sender) = idle.take()
+            && sender.ready().await.is_ok()
+        {
+            let req = self.build(method, path, bearer, body.as_deref())?;
+            if let Ok(resp) = sender.send_request(req).await {
+                let status = resp.status().as_u16();
+                if let Ok(body) = resp.into_body().collect().await {
+                    *idle = Some(sender);
+                    return Ok(Response {
+                        status,
+                        body: body.to_bytes(),
+                    });
+                }
+            }
+        }
+        let mut sender = self.connect().await?;
+        let req = self.build(method, path, bearer, body.as_deref())?;
+        let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
+        *idle = Some(sender);
         Ok(Response { status, body })
     }
 
     /// Opens a long-lived newline-delimited stream. A non-2xx reply is
     /// returned as `Err(response)` with the body read.
     pub async fn stream(&self, path: &str) -> Result<Result<LineStream, Response>, ClientError> {
-        let resp = self.send("GET", path, None, None).await?;
+        // A dedicated connection: the stream holds it for its lifetime.
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(self.build("GET", path, None, None)?)
+            .await?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
             let body = resp.into_body().collect().await?.to_bytes();
