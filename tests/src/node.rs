@@ -39,7 +39,33 @@ pub fn bin_path(name: &str) -> PathBuf {
          (`cargo build --workspace`; `cargo test --workspace` builds them too)",
         path.display()
     );
+    if name == "segmesh-node" {
+        warn_if_stale(&path);
+    }
     path
+}
+
+/// `cargo test -p segmesh-e2e` does not rebuild `segmesh-node`; say so when
+/// the binary is older than the node's sources (a warning only: cargo
+/// fingerprints by content, so an older binary can still be current).
+fn warn_if_stale(bin: &std::path::Path) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/src");
+    let newest_src = std::fs::read_dir(&src)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max();
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
+    if let (Some(src_t), Some(bin_t)) = (newest_src, built)
+        && src_t > bin_t
+    {
+        eprintln!(
+            "warning: {} is older than node/src; run `cargo build -p segmesh-node` \
+             (or `cargo test --workspace`) to test the current code",
+            bin.display()
+        );
+    }
 }
 
 /// Everything one node needs on disk, before it runs.

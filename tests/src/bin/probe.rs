@@ -8,7 +8,7 @@
 //! probe udp-hold ADDR:PORT              # binds a UDP port and keeps it; prints "ready"
 //! probe udp-send ADDR:PORT PAYLOAD_HEX [--count N]
 //!                                        # sends N datagrams (default 1)
-//! probe stream ADDR:PORT [--interval-ms N] [--duration-ms N]
+//! probe stream ADDR:PORT [--interval-ms N] [--duration-ms N] [--read-timeout-ms N]
 //!                                        # echo every interval; prints "ok UNIX_MS" per echo, "fail UNIX_MS ERR" at the end
 //! ```
 
@@ -162,9 +162,10 @@ fn stream(args: &[String]) -> Result<ExitCode, String> {
     let at = addr(args)?;
     let interval = opt_ms(args, "--interval-ms", 20)?;
     let duration = opt_ms(args, "--duration-ms", 10_000)?;
+    let read_timeout = opt_ms(args, "--read-timeout-ms", 300)?;
     let s = TcpStream::connect_timeout(&at, Duration::from_secs(3))
         .map_err(|e| format!("connect {at}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_millis(300)))
+    s.set_read_timeout(Some(read_timeout))
         .map_err(|e| e.to_string())?;
     let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
     let mut w = s;

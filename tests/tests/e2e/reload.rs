@@ -16,7 +16,9 @@ fn unix_ms() -> u128 {
         .as_millis()
 }
 
-/// A TCP stream from `from` to `to`, one echo every 20 ms for 15 s.
+/// A TCP stream from `from` to `to`, one echo every 20 ms for 15 s. A 1.5 s
+/// read timeout, so a loaded CI machine does not break a healthy stream; the
+/// cut-off is measured from the last echo, not from the timeout.
 fn stream(lab: &Lab, name: &str, from: &NodeHandle, to: SocketAddr) -> Proc {
     Proc::spawn(
         name,
@@ -30,6 +32,8 @@ fn stream(lab: &Lab, name: &str, from: &NodeHandle, to: SocketAddr) -> Proc {
             "20",
             "--duration-ms",
             "15000",
+            "--read-timeout-ms",
+            "1500",
         ],
     )
 }
@@ -99,7 +103,7 @@ fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
             .find(|p| p.public_key == key)
             .and_then(|p| p.last_handshake_unix_ms)
     };
-    let web2_handshake = handshake_of(&api.status(), web2.setup.public_key);
+    assert!(handshake_of(&api.status(), web2.setup.public_key).is_some());
 
     // api-1's new netmap no longer lists web-1.
     api.setup.write_netmap(&netmap(
@@ -117,7 +121,7 @@ fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
     let cut_ms = last_ok.saturating_sub(t_hup);
     println!(
         "SIGHUP -> last echo through the tunnel: {cut_ms} ms; client gave up after {} ms \
-         (echo every 20 ms, 300 ms read timeout)",
+         (echo every 20 ms, 1.5 s read timeout)",
         fail.unwrap_or(0).saturating_sub(t_hup)
     );
     assert!(
@@ -144,7 +148,13 @@ fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
         "web-2's stream stalled"
     );
     let after = api.status();
-    assert_eq!(handshake_of(&after, web2.setup.public_key), web2_handshake);
+    // (The handshake time is derived from "now - elapsed", so it may move by
+    // a millisecond between two reads; a new handshake would be after t_hup.)
+    let hs = handshake_of(&after, web2.setup.public_key).expect("web-2 handshake");
+    assert!(
+        u128::from(hs) < t_hup,
+        "web-2 renegotiated after the reload"
+    );
 
     // web-1 is gone from status, and new connections from it fail too.
     assert!(
