@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{NodeName, PublicKey};
-use crate::netmap::NetMap;
+use crate::netmap::{NetMap, Peer};
 
 /// Prefix of a join token; the digit is the token format version.
 pub const TOKEN_PREFIX: &str = "smj1.";
@@ -190,6 +190,22 @@ pub enum StreamMessage {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         rotations: Vec<Rotation>,
     },
+    /// Peer changes relative to version `base_version`, which the node
+    /// holds (the stream is ordered and starts with a full netmap): drop the
+    /// `remove` keys, then insert or replace the `upsert` entries; the
+    /// result is version `version`. A node holding another version
+    /// reconnects and gets a full netmap. Sent only when the node's own
+    /// entry and the overlay are unchanged.
+    Delta {
+        base_version: u64,
+        version: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<PublicKey>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        upsert: Vec<Peer>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rotations: Vec<Rotation>,
+    },
     /// Sent every few seconds so both sides notice a dead connection.
     Heartbeat { at: i64 },
 }
@@ -277,5 +293,108 @@ mod tests {
         let eps = rep.endpoints(Some("192.0.2.9".parse().unwrap()));
         let eps: Vec<String> = eps.iter().map(ToString::to_string).collect();
         assert_eq!(eps, ["10.0.0.2:51820", "192.0.2.9:51820"]);
+    }
+}
+
+/// The delta from `old` to `new` when only peers differ (same node entry,
+/// overlay and format); `None` when a full netmap must be sent. Returns
+/// (removed keys, inserted or replaced peers).
+pub fn peer_delta(old: &NetMap, new: &NetMap) -> Option<(Vec<PublicKey>, Vec<Peer>)> {
+    if old.node != new.node || old.overlay != new.overlay || old.format != new.format {
+        return None;
+    }
+    let remove = old
+        .peers
+        .iter()
+        .filter(|p| new.peer(&p.public_key).is_none())
+        .map(|p| p.public_key)
+        .collect();
+    let upsert = new
+        .peers
+        .iter()
+        .filter(|p| old.peer(&p.public_key) != Some(*p))
+        .cloned()
+        .collect();
+    Some((remove, upsert))
+}
+
+/// Applies a delta to `base` (peers stay sorted by key) and stamps `version`.
+pub fn apply_delta(base: &NetMap, version: u64, remove: &[PublicKey], upsert: &[Peer]) -> NetMap {
+    let mut map = base.clone();
+    map.peers.retain(|p| !remove.contains(&p.public_key));
+    for peer in upsert {
+        match map
+            .peers
+            .binary_search_by(|p| p.public_key.cmp(&peer.public_key))
+        {
+            Ok(i) => map.peers[i] = peer.clone(),
+            Err(i) => map.peers.insert(i, peer.clone()),
+        }
+    }
+    map.version = version;
+    map
+}
+
+#[cfg(test)]
+mod delta_tests {
+    use super::*;
+    use crate::identity::NodeName;
+    use crate::netmap::{NETMAP_FORMAT, SelfNode};
+    use crate::ports::PortSet;
+
+    fn peer(k: u8, port: &str) -> Peer {
+        Peer {
+            public_key: PublicKey::from_bytes([k; 32]),
+            allowed_ips: vec![format!("100.80.0.{k}/32").parse().unwrap()],
+            outbound: serde_json::from_str(&format!("[\"{port}\"]")).unwrap(),
+            inbound: PortSet::empty(),
+            name: Some(NodeName::new(format!("n-{k}")).unwrap()),
+            labels: None,
+            endpoints: None,
+        }
+    }
+
+    fn map(version: u64, peers: Vec<Peer>) -> NetMap {
+        NetMap {
+            format: NETMAP_FORMAT,
+            version,
+            node: SelfNode {
+                name: NodeName::new("me").unwrap(),
+                public_key: PublicKey::from_bytes([1; 32]),
+                addresses: vec!["100.80.0.1".parse().unwrap()],
+                labels: Default::default(),
+            },
+            overlay: vec![],
+            peers,
+        }
+    }
+
+    #[test]
+    fn delta_roundtrip() {
+        let old = map(
+            3,
+            vec![peer(2, "tcp/1"), peer(3, "tcp/1"), peer(5, "tcp/1")],
+        );
+        let new = map(
+            4,
+            vec![peer(3, "tcp/2"), peer(4, "tcp/1"), peer(5, "tcp/1")],
+        );
+        let (remove, upsert) = peer_delta(&old, &new).unwrap();
+        assert_eq!(remove, vec![PublicKey::from_bytes([2; 32])]);
+        assert_eq!(upsert.len(), 2, "peer 3 changed, peer 4 added; 5 unchanged");
+        assert_eq!(apply_delta(&old, 4, &remove, &upsert), new);
+        let mut moved = new.clone();
+        moved.node.addresses = vec!["100.80.0.9".parse().unwrap()];
+        assert!(peer_delta(&old, &moved).is_none());
+        let msg = StreamMessage::Delta {
+            base_version: 3,
+            version: 4,
+            remove,
+            upsert,
+            rotations: vec![],
+        };
+        let back: StreamMessage =
+            serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap();
+        assert_eq!(back, msg);
     }
 }

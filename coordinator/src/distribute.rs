@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ipnet::IpNet;
 use segmesh_config::compile::Compiler;
-use segmesh_config::control::{Rotation, StreamMessage};
+use segmesh_config::control::{Rotation, StreamMessage, peer_delta};
 use segmesh_config::{Inventory, InventoryNode, NetMap, NodeName, Policy};
 use tokio::sync::{Mutex, mpsc, watch};
 
@@ -303,28 +303,39 @@ impl Distributor {
             let Some(slot) = st.slots.get_mut(&name) else {
                 continue;
             };
+            let rot: Vec<Rotation> = rotations
+                .iter()
+                .filter(|r| map.peer(&r.new).is_some())
+                .cloned()
+                .collect();
+            // A delta when only peers changed (and the node holds the
+            // previous version, i.e. it has a stream that saw it).
+            let msg = match peer_delta(&slot.map, &map) {
+                Some((remove, upsert)) if slot.map.version > 0 => StreamMessage::Delta {
+                    base_version: slot.map.version,
+                    version: map.version,
+                    remove,
+                    upsert,
+                    rotations: rot,
+                },
+                _ => StreamMessage::Netmap {
+                    netmap: map.clone(),
+                    rotations: rot,
+                },
+            };
             slot.map = map;
             slot.pushed_at.insert(slot.map.version, now);
             pushed.insert(name, slot.map.version);
-            let rot: Vec<Rotation> = rotations
-                .iter()
-                .filter(|r| slot.map.peer(&r.new).is_some())
-                .cloned()
-                .collect();
-            self.send(slot, rot);
+            self.send(slot, &msg);
         }
         Ok(pushed)
     }
 
-    fn send(&self, slot: &mut Slot, rotations: Vec<Rotation>) {
+    fn send(&self, slot: &mut Slot, msg: &StreamMessage) {
         let Some((_, tx)) = &slot.stream else {
             return;
         };
-        let msg = StreamMessage::Netmap {
-            netmap: slot.map.clone(),
-            rotations,
-        };
-        if tx.try_send(line(&msg)).is_ok() {
+        if tx.try_send(line(msg)).is_ok() {
             self.metrics.pushes.fetch_add(1, Ordering::Relaxed);
         } else {
             tracing::warn!(node = %slot.map.node.name, "stream too slow or closed; disconnecting");
@@ -341,7 +352,11 @@ impl Distributor {
         let slot = st.slots.get_mut(name)?;
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
         slot.stream = Some((conn, tx));
-        self.send(slot, Vec::new());
+        let full = StreamMessage::Netmap {
+            netmap: slot.map.clone(),
+            rotations: Vec::new(),
+        };
+        self.send(slot, &full);
         Some((conn, rx))
     }
 

@@ -167,21 +167,59 @@ impl Node {
     }
 }
 
-/// The next netmap on the stream (skipping heartbeats), within `secs`.
-async fn next_netmap(s: &mut LineStream, secs: u64) -> Option<NetMap> {
-    let fut = async {
-        while let Some(line) = s.next_line().await.ok()? {
-            match serde_json::from_slice::<StreamMessage>(&line).ok()? {
-                StreamMessage::Netmap { netmap, .. } => return Some(netmap),
-                StreamMessage::Heartbeat { .. } => continue,
-            }
+/// A node's view of its stream: full netmaps replace, deltas apply to the
+/// current one (as `segmesh-node` does).
+struct Follower {
+    s: LineStream,
+    cur: Option<NetMap>,
+    rotations: Vec<segmesh_config::control::Rotation>,
+}
+
+impl Follower {
+    fn new(s: LineStream) -> Self {
+        Self {
+            s,
+            cur: None,
+            rotations: Vec::new(),
         }
-        None
-    };
-    tokio::time::timeout(Duration::from_secs(secs), fut)
-        .await
-        .ok()
-        .flatten()
+    }
+
+    /// The next netmap (skipping heartbeats), within `secs`.
+    async fn next(&mut self, secs: u64) -> Option<NetMap> {
+        let fut = async {
+            while let Some(line) = self.s.next_line().await.ok()? {
+                match serde_json::from_slice::<StreamMessage>(&line).ok()? {
+                    StreamMessage::Netmap { netmap, rotations } => {
+                        self.rotations = rotations;
+                        self.cur = Some(netmap.clone());
+                        return Some(netmap);
+                    }
+                    StreamMessage::Delta {
+                        base_version,
+                        version,
+                        remove,
+                        upsert,
+                        rotations,
+                    } => {
+                        let cur = self.cur.as_ref()?;
+                        assert_eq!(cur.version, base_version, "delta on the wrong base");
+                        let m =
+                            segmesh_config::control::apply_delta(cur, version, &remove, &upsert);
+                        m.validate().unwrap();
+                        self.rotations = rotations;
+                        self.cur = Some(m.clone());
+                        return Some(m);
+                    }
+                    StreamMessage::Heartbeat { .. } => continue,
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(secs), fut)
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 fn peer_names(m: &NetMap) -> Vec<String> {
@@ -220,10 +258,10 @@ async fn enroll_stream_policy_label_revoke() {
     );
 
     // Streams: the current netmap first; db learns web-1 by key only.
-    let mut web_s = web.stream().await;
-    let mut db_s = db.stream().await;
-    let wm = next_netmap(&mut web_s, 2).await.unwrap();
-    let dm = next_netmap(&mut db_s, 2).await.unwrap();
+    let mut web_s = Follower::new(web.stream().await);
+    let mut db_s = Follower::new(db.stream().await);
+    let wm = web_s.next(2).await.unwrap();
+    let dm = db_s.next(2).await.unwrap();
     assert_eq!(dm.peers.len(), 1);
     assert!(
         dm.peers[0].name.is_none(),
@@ -249,7 +287,7 @@ async fn enroll_stream_policy_label_revoke() {
         )
         .await;
     assert_eq!(st, 204);
-    let dm2 = next_netmap(&mut db_s, 1).await;
+    let dm2 = db_s.next(1).await;
     assert!(
         dm2.is_none(),
         "db does not receive web's endpoints (need-to-know)"
@@ -264,9 +302,9 @@ async fn enroll_stream_policy_label_revoke() {
         )
         .await;
     assert_eq!(s, 200);
-    let wm = next_netmap(&mut web_s, 2).await.unwrap();
+    let wm = web_s.next(2).await.unwrap();
     assert!(wm.peers.is_empty());
-    assert!(next_netmap(&mut db_s, 2).await.unwrap().peers.is_empty());
+    assert!(db_s.next(2).await.unwrap().peers.is_empty());
     let (_, audit) = h.admin("GET", "/v1/admin/audit", None).await;
     assert_eq!(audit["clean"], false, "not yet acked: {audit}");
 
@@ -277,10 +315,10 @@ async fn enroll_stream_policy_label_revoke() {
         Some(json!({ "set": { "env": "prod" } })),
     )
     .await;
-    let wm = next_netmap(&mut web_s, 2).await.unwrap();
+    let wm = web_s.next(2).await.unwrap();
     assert_eq!(peer_names(&wm), ["db-1"]);
     let acker = tokio::spawn(async move {
-        let m = next_netmap(&mut web_s, 5).await.unwrap();
+        let m = web_s.next(5).await.unwrap();
         assert_eq!(
             web.post("/v1/ack", json!({ "version": m.version })).await,
             204
@@ -299,7 +337,7 @@ async fn enroll_stream_policy_label_revoke() {
     let (m, _web) = acker.await.unwrap();
     assert!(m.peers.is_empty());
     // The revoked node's stream ends and its certificate is refused.
-    let drain = async { while let Ok(Some(_)) = db_s.next_line().await {} };
+    let drain = async { while let Ok(Some(_)) = db_s.s.next_line().await {} };
     assert!(
         tokio::time::timeout(Duration::from_secs(2), drain)
             .await
@@ -504,8 +542,8 @@ async fn restart_keeps_state_and_versions() {
     let (_, nodes) = h.admin("GET", "/v1/admin/nodes", None).await;
     assert_eq!(nodes[0]["name"], "web-1");
     // The node's client certificate still works against the new process.
-    let mut s = node.client.stream("/v1/stream").await.unwrap().unwrap();
-    let m = next_netmap(&mut s, 2).await.unwrap();
+    let mut s = Follower::new(node.client.stream("/v1/stream").await.unwrap().unwrap());
+    let m = s.next(2).await.unwrap();
     assert_eq!(
         m.version, v1,
         "unchanged netmap keeps its version across restarts"
@@ -525,8 +563,8 @@ async fn key_rotation_reaches_peers_marked_as_rotation() {
     let db_tok = h.token(json!({ "role": "db" }), "db", 1).await;
     let db = h.enroll(&db_tok, "db-1", 2).await.unwrap();
     let web = h.enroll(&web_tok, "web-1", 1).await.unwrap();
-    let mut db_s = db.stream().await;
-    let first = next_netmap(&mut db_s, 2).await.unwrap();
+    let mut db_s = Follower::new(db.stream().await);
+    let first = db_s.next(2).await.unwrap();
     assert_eq!(first.peers[0].public_key, PublicKey::from_bytes([1; 32]));
 
     let new = PublicKey::from_bytes([42; 32]);
@@ -536,12 +574,8 @@ async fn key_rotation_reaches_peers_marked_as_rotation() {
         200
     );
     // The peer sees the new key, marked as a rotation of the old one.
-    let line = loop {
-        let l = db_s.next_line().await.unwrap().unwrap();
-        if let Ok(StreamMessage::Netmap { netmap, rotations }) = serde_json::from_slice(&l) {
-            break (netmap, rotations);
-        }
-    };
+    let m = db_s.next(2).await.unwrap();
+    let line = (m, db_s.rotations.clone());
     assert_eq!(line.0.peers[0].public_key, new);
     assert_eq!(line.1.len(), 1);
     assert_eq!(

@@ -177,12 +177,14 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             while let Ok(Some(line)) = s.next_line().await {
                 let got = now();
-                if let Ok(StreamMessage::Netmap { netmap, .. }) = serde_json::from_slice(&line) {
-                    let ack = serde_json::to_vec(&json!({ "version": netmap.version }))
-                        .unwrap_or_default();
-                    let _ = c.request("POST", "/v1/ack", None, Some(ack)).await;
-                    let _ = tx.send((i, netmap.version, got, now()));
-                }
+                let version = match serde_json::from_slice(&line) {
+                    Ok(StreamMessage::Netmap { netmap, .. }) => netmap.version,
+                    Ok(StreamMessage::Delta { version, .. }) => version,
+                    _ => continue,
+                };
+                let ack = serde_json::to_vec(&json!({ "version": version })).unwrap_or_default();
+                let _ = c.request("POST", "/v1/ack", None, Some(ack)).await;
+                let _ = tx.send((i, version, got, now()));
             }
         });
     }

@@ -10,7 +10,7 @@ use rand_core::{OsRng, RngCore as _};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use segmesh_config::client::{HttpsClient, LineStream, ServerTrust, tls_config};
-use segmesh_config::control::{AckRequest, EndpointsReport, Rotation, StreamMessage};
+use segmesh_config::control::{AckRequest, EndpointsReport, Rotation, StreamMessage, apply_delta};
 use segmesh_config::{NetMap, PublicKey};
 
 use super::backoff::Backoff;
@@ -196,6 +196,25 @@ impl ControlClient {
             let (map, rotations) = match serde_json::from_slice::<StreamMessage>(&line) {
                 Ok(StreamMessage::Heartbeat { .. }) => continue,
                 Ok(StreamMessage::Netmap { netmap, rotations }) => (netmap, rotations),
+                Ok(StreamMessage::Delta {
+                    base_version,
+                    version,
+                    remove,
+                    upsert,
+                    rotations,
+                }) => match &self.current {
+                    Some(cur) if cur.version == base_version => {
+                        (apply_delta(cur, version, &remove, &upsert), rotations)
+                    }
+                    // We refused or missed the base: a new stream starts
+                    // with a full netmap.
+                    cur => {
+                        return format!(
+                            "delta on version {base_version} but this node holds {:?}; resyncing",
+                            cur.as_ref().map(|m| m.version)
+                        );
+                    }
+                },
                 Err(e) => return format!("undecodable message: {e}"),
             };
             let version = map.version;
