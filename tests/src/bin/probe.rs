@@ -8,6 +8,7 @@
 //! probe udp-hold ADDR:PORT              # binds a UDP port and keeps it; prints "ready"
 //! probe udp-send ADDR:PORT PAYLOAD_HEX [--count N]
 //!                                        # sends N datagrams (default 1)
+//! probe udp-scan IP FIRST_PORT LAST_PORT  # one datagram to each port (a port scan)
 //! probe stream ADDR:PORT [--interval-ms N] [--duration-ms N] [--read-timeout-ms N]
 //!                                        # echo every interval; prints "ok UNIX_MS" per echo, "fail UNIX_MS ERR" at the end
 //! ```
@@ -25,7 +26,11 @@ fn main() -> ExitCode {
         Some("stream") => stream(&args[1..]),
         Some("udp-hold") => udp_hold(&args[1..]),
         Some("udp-send") => udp_send(&args[1..]),
-        _ => Err("usage: probe listen|connect|stream|udp-hold|udp-send ADDR:PORT [options]".into()),
+        Some("udp-scan") => udp_scan(&args[1..]),
+        _ => Err(
+            "usage: probe listen|connect|stream|udp-hold|udp-send|udp-scan ADDR:PORT [options]"
+                .into(),
+        ),
     };
     match result {
         Ok(code) => code,
@@ -108,6 +113,30 @@ fn udp_send(args: &[String]) -> Result<ExitCode, String> {
         sock.send_to(&payload, at)
             .map_err(|e| format!("send to {at}: {e}"))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn udp_scan(args: &[String]) -> Result<ExitCode, String> {
+    let ip: std::net::IpAddr = args
+        .first()
+        .ok_or("missing IP")?
+        .parse()
+        .map_err(|e| format!("bad IP: {e}"))?;
+    let port = |i: usize| -> Result<u16, String> {
+        let a = args.get(i).ok_or("missing port")?;
+        a.parse().map_err(|e| format!("bad port {a:?}: {e}"))
+    };
+    let (first, last) = (port(1)?, port(2)?);
+    let bind = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let sock = std::net::UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
+    let mut sent = 0u32;
+    for p in first..=last {
+        // ICMP errors from earlier ports surface as errors here: ignore them.
+        if sock.send_to(b"scan", SocketAddr::new(ip, p)).is_ok() {
+            sent += 1;
+        }
+    }
+    println!("sent {sent}");
     Ok(ExitCode::SUCCESS)
 }
 
