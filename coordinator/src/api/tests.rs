@@ -595,3 +595,73 @@ async fn key_rotation_reaches_peers_marked_as_rotation() {
     assert!(log.to_string().contains("node.rotate_key"));
     h.stop().await;
 }
+
+/// Collects every log line of the test's thread (all tasks run on it: the
+/// test runtime is single-threaded).
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs() {
+    let logs = LogBuf::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path()).await;
+    h.admin("POST", "/v1/admin/policy", Some(json!({ "text": POLICY })))
+        .await;
+    let token = h.token(json!({ "role": "db" }), "db", 1).await;
+    let node = h.enroll(&token, "db-1", 2).await.unwrap();
+    let mut s = Follower::new(node.stream().await);
+    let m = s.next(2).await.unwrap();
+    assert_eq!(
+        node.post("/v1/ack", json!({ "version": m.version })).await,
+        204
+    );
+    // Failed attempts log too: a wrong admin token, a reused join token.
+    let c = h.client(None);
+    c.request("GET", "/v1/admin/nodes", Some("sma1.not-the-token"), None)
+        .await
+        .unwrap();
+    assert!(h.enroll(&token, "db-2", 3).await.is_err());
+    h.admin("POST", "/v1/admin/nodes/db-1/revoke", None).await;
+    let admin_token = h.admin_token.clone();
+    h.stop().await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("node enrolled") && text.contains("node revoked"),
+        "{text}"
+    );
+    let secret = segmesh_config::control::JoinToken::parse(&token)
+        .unwrap()
+        .secret;
+    for needle in [
+        admin_token.as_str(),
+        token.as_str(),
+        secret.as_str(),
+        "PRIVATE KEY",
+        "sma1.not-the-token",
+    ] {
+        assert!(
+            !text.contains(needle),
+            "a secret reached the logs: {needle}"
+        );
+    }
+}
