@@ -2,6 +2,8 @@
 //! a user, stream lines from the network): arbitrary input must give an
 //! error, never a panic, and valid values must round-trip.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
+
 use proptest::prelude::*;
 use segmesh_config::control::{JoinToken, StreamMessage, apply_delta, peer_delta};
 use segmesh_config::{NETMAP_FORMAT, NetMap, NodeName, Peer, PortSet, PublicKey, SelfNode};
