@@ -239,3 +239,86 @@ async fn impostor_coordinator_is_refused_and_nothing_written() {
     real.running.stop().await;
     impostor.running.stop().await;
 }
+
+#[tokio::test]
+async fn refused_update_then_delta_resyncs_with_a_full_netmap() {
+    let cdir = tempfile::tempdir().unwrap();
+    let (wdir, ddir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = coordinator(cdir.path(), "127.0.0.1:0").await;
+    c.admin("POST", "/v1/admin/policy", json!({ "text": POLICY }))
+        .await;
+    join(opts(
+        &c.token(json!({ "role": "db" })).await,
+        "db-1",
+        ddir.path(),
+    ))
+    .await
+    .unwrap();
+    join(opts(
+        &c.token(json!({ "role": "web" })).await,
+        "web-1",
+        wdir.path(),
+    ))
+    .await
+    .unwrap();
+
+    // A data plane that refuses the second netmap it is given.
+    let mut client = ControlClient::load(&StateDir::new(wdir.path()), EndpointsReport::default())
+        .unwrap()
+        .with_idle_timeout(Duration::from_secs(3));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut calls = 0;
+        let apply = move |m: NetMap| {
+            calls += 1;
+            let tx = tx.clone();
+            let n = calls;
+            async move {
+                if n == 2 {
+                    return Err("refused by the test".to_string());
+                }
+                tx.send(m).map_err(|e| e.to_string())
+            }
+        };
+        client
+            .run(apply, Some(ev_tx), async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    assert_eq!(recv(&mut rx).await.peers.len(), 1);
+    // Update 1 (a delta) is refused; update 2 is a delta on a base the node
+    // does not hold: it resyncs and ends up with the latest netmap.
+    c.admin(
+        "POST",
+        "/v1/admin/nodes/db-1/labels",
+        json!({ "set": { "role": "ops" } }),
+    )
+    .await;
+    c.admin(
+        "POST",
+        "/v1/admin/nodes/db-1/labels",
+        json!({ "set": { "role": "db", "tier": "2" } }),
+    )
+    .await;
+    let m = recv(&mut rx).await;
+    assert_eq!(m.peers.len(), 1);
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    assert!(
+        seen.iter().any(|e| matches!(e, StreamEvent::Refused(_))),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, StreamEvent::Disconnected(r) if r.contains("resyncing"))),
+        "{seen:?}"
+    );
+    let _ = stop_tx.send(());
+    let _ = task.await;
+    c.running.stop().await;
+}
