@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -94,7 +94,12 @@ pub async fn run(
                         req.extensions_mut().insert(info.clone());
                         router.clone().oneshot(req)
                     });
+                    // Headers must arrive within the timeout: a client that
+                    // opens connections and sends nothing (or idles between
+                    // kept-alive requests) does not hold a task forever.
                     let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HANDSHAKE_TIMEOUT)
                         .serve_connection(TokioIo::new(tls), svc);
                     if let Err(e) = conn.await {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
