@@ -8,6 +8,7 @@
 //! route by the [`auth::NodeAuth`] extractor.
 
 pub mod admin;
+pub mod admin_types;
 pub mod auth;
 pub mod error;
 pub mod node;
