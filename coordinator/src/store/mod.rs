@@ -10,6 +10,7 @@
 
 pub mod alloc;
 pub mod sqlite;
+mod sqlite_rows;
 #[cfg(test)]
 mod tests;
 

@@ -4,21 +4,21 @@
 //! SQLite's write lock (with a busy timeout) instead of failing when a read
 //! transaction tries to upgrade.
 
-use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use segmesh_config::{Labels, NodeName, PublicKey};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, SqlSafeStr, Sqlite, Transaction};
 
-use super::alloc::{next_v4, next_v6};
+use super::sqlite_rows::{
+    allocate, audit_tx, choose_name, corrupt, hex, json, node_row, node_tx, to_json, token_row,
+    u64_col,
+};
 use super::{
     AuditEntry, CertSigner, Change, EnrollRequest, IssuedCert, NetmapRecord, NewToken, NodeRecord,
     PolicyRecord, Prefixes, Store, StoreError, TokenRecord, TokenRefusal, UnixTime,
@@ -70,150 +70,6 @@ impl SqliteStore {
     async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn parse<T: FromStr>(row: &SqliteRow, col: &str) -> Result<T, StoreError>
-where
-    T::Err: std::fmt::Display,
-{
-    let s: String = row.try_get(col)?;
-    s.parse().map_err(|e| corrupt(col, e))
-}
-
-fn json<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T, StoreError> {
-    let s: String = row.try_get(col)?;
-    serde_json::from_str(&s).map_err(|e| corrupt(col, e))
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
-}
-
-fn u64_col(row: &SqliteRow, col: &str) -> Result<u64, StoreError> {
-    let v: i64 = row.try_get(col)?;
-    u64::try_from(v).map_err(|e| corrupt(col, e))
-}
-
-fn node_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
-    Ok(NodeRecord {
-        id: row.try_get("id")?,
-        name: parse(row, "name")?,
-        labels: json(row, "labels")?,
-        public_key: parse(row, "public_key")?,
-        addr_v4: parse(row, "addr_v4")?,
-        addr_v6: parse(row, "addr_v6")?,
-        endpoints: json(row, "endpoints")?,
-        cert_serial: row.try_get("cert_serial")?,
-        revoked: row.try_get("revoked")?,
-        created_at: row.try_get("created_at")?,
-        netmap_version: u64_col(row, "netmap_version")?,
-        acked_version: u64_col(row, "acked_version")?,
-        acked_at: row.try_get("acked_at")?,
-    })
-}
-
-fn token_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
-    let count = |c: &str| -> Result<u32, StoreError> {
-        let v: i64 = row.try_get(c)?;
-        u32::try_from(v).map_err(|e| corrupt(c, e))
-    };
-    Ok(TokenRecord {
-        id: row.try_get("id")?,
-        name_prefix: row.try_get("name_prefix")?,
-        labels: json(row, "labels")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        uses_total: count("uses_total")?,
-        uses_left: count("uses_left")?,
-        revoked: row.try_get("revoked")?,
-        created_by: row.try_get("created_by")?,
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn audit_tx(
-    tx: &mut Transaction<'static, Sqlite>,
-    action: &str,
-    details: &serde_json::Value,
-    change: &Change,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit_log (at, actor, action, details) VALUES (?, ?, ?, ?)")
-        .bind(change.at)
-        .bind(&change.actor)
-        .bind(action)
-        .bind(details.to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn node_tx(
-    tx: &mut Transaction<'static, Sqlite>,
-    name: &NodeName,
-) -> Result<NodeRecord, StoreError> {
-    let row = sqlx::query("SELECT * FROM nodes WHERE name = ?")
-        .bind(name.as_str())
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("node {name}")))?;
-    node_row(&row)
-}
-
-/// Picks the node's name: the requested one (which must carry the token's
-/// prefix) or `<prefix>-<n>` with the lowest free `n`.
-async fn choose_name(
-    tx: &mut Transaction<'static, Sqlite>,
-    requested: Option<&NodeName>,
-    prefix: Option<&str>,
-) -> Result<NodeName, StoreError> {
-    let taken: BTreeSet<String> = sqlx::query("SELECT name FROM nodes")
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("name"))
-        .collect::<Result<_, _>>()?;
-    match (requested, prefix) {
-        (Some(name), Some(p)) if !name.as_str().starts_with(p) => Err(StoreError::Invalid(
-            format!("this token only enrolls names starting with {p:?}, not {name}"),
-        )),
-        (Some(name), _) if taken.contains(name.as_str()) => Err(StoreError::Conflict(format!(
-            "a node named {name} is already enrolled"
-        ))),
-        (Some(name), _) => Ok(name.clone()),
-        (None, Some(p)) => (1..)
-            .map(|n| format!("{p}-{n}"))
-            .find(|n| !taken.contains(n))
-            .ok_or_else(|| StoreError::Invalid("no free name".into()))
-            .and_then(|n| NodeName::new(n).map_err(|e| StoreError::Invalid(e.to_string()))),
-        (None, None) => Err(StoreError::Invalid(
-            "this token has no name prefix: give the node a name (--name)".into(),
-        )),
-    }
-}
-
-async fn allocate(
-    tx: &mut Transaction<'static, Sqlite>,
-    prefixes: &Prefixes,
-) -> Result<(Ipv4Addr, Ipv6Addr), StoreError> {
-    let rows = sqlx::query("SELECT addr_v4, addr_v6 FROM nodes")
-        .fetch_all(&mut **tx)
-        .await?;
-    let mut v4 = BTreeSet::new();
-    let mut v6 = BTreeSet::new();
-    for r in &rows {
-        v4.insert(parse::<Ipv4Addr>(r, "addr_v4")?);
-        v6.insert(parse::<Ipv6Addr>(r, "addr_v6")?);
-    }
-    let a4 = next_v4(prefixes.v4, &v4).ok_or(StoreError::Exhausted(prefixes.v4.to_string()))?;
-    let a6 = next_v6(prefixes.v6, &v6).ok_or(StoreError::Exhausted(prefixes.v6.to_string()))?;
-    Ok((a4, a6))
 }
 
 #[async_trait::async_trait]
