@@ -32,11 +32,19 @@ ports = ["tcp/5432"]
 fn three_tier_paths_exist_only_where_the_policy_says() {
     let lab = Lab::new("tier");
     let (hw, ha, hd) = (lab.host("web-1"), lab.host("api-1"), lab.host("db-1"));
+    let hc = lab.host("ci-1");
     let web = NodeSetup::new(&lab, &hw, "web-1");
     let api = NodeSetup::new(&lab, &ha, "api-1");
     let db = NodeSetup::new(&lab, &hd, "db-1");
-    let inv = inventory_toml(&[(&web, "role=web"), (&api, "role=api"), (&db, "role=db")]);
-    let maps = compile_netmaps(&lab, THREE_TIER, &inv, &["web-1", "api-1", "db-1"]);
+    // The fourth node is enrolled but in no segment: no rule names it.
+    let ci = NodeSetup::new(&lab, &hc, "ci-1");
+    let inv = inventory_toml(&[
+        (&web, "role=web"),
+        (&api, "role=api"),
+        (&db, "role=db"),
+        (&ci, "role=ci"),
+    ]);
+    let maps = compile_netmaps(&lab, THREE_TIER, &inv, &["web-1", "api-1", "db-1", "ci-1"]);
     // Need-to-know: web-1 is never told about db-1, and db-1 knows api-1 only
     // by key and address (no endpoint: it may not initiate).
     assert!(maps["web-1"].peer(&db.public_key).is_none());
@@ -44,12 +52,16 @@ fn three_tier_paths_exist_only_where_the_policy_says() {
         .peer(&api.public_key)
         .expect("api-1 in db-1's netmap");
     assert!(api_in_db.endpoints.is_none() && api_in_db.outbound.is_empty());
-    for n in [&web, &api, &db] {
+    // ci-1 has no peers, and no one has ci-1.
+    assert!(maps["ci-1"].peers.is_empty());
+    assert!(maps.values().all(|m| m.peer(&ci.public_key).is_none()));
+    for n in [&web, &api, &db, &ci] {
         n.write_netmap(&maps[&n.name]);
     }
     let web = web.start(&lab);
     let api = api.start(&lab);
     let db = db.start(&lab);
+    let ci = ci.start(&lab);
 
     let api_8080 = SocketAddr::new(addr(&api.setup), 8080);
     let api_22 = SocketAddr::new(addr(&api.setup), 22);
@@ -92,6 +104,13 @@ fn three_tier_paths_exist_only_where_the_policy_says() {
         matches!(c.errno, Some(libc::EACCES) | Some(libc::EHOSTUNREACH)),
         "{c:?}"
     );
+
+    // ci-1 reaches nothing: every overlay destination is "no route".
+    for to in [api_8080, db_5432] {
+        let c = probe::connect(ci.ns(), to, Duration::from_secs(5));
+        assert_eq!(c.errno, Some(libc::EHOSTUNREACH), "ci-1 -> {to}: {c:?}");
+    }
+    assert!(ci.status().drops.no_route >= 2);
 
     // web-1 -> api-1:22 is not in web-1's outbound ports: refused, counted.
     let policy_before = web.status().drops.policy + api.status().drops.policy;
