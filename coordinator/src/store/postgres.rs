@@ -32,7 +32,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 )];
 
 /// Advisory lock key serialising writers ("segmesh" in ASCII).
-pub const WRITE_LOCK: i64 = 0x7365_676d_6573_68;
+pub const WRITE_LOCK: i64 = 0x0073_6567_6d65_7368;
 /// The LISTEN/NOTIFY channel announcing newly recorded netmaps.
 pub const CHANGES_CHANNEL: &str = "segmesh_changes";
 

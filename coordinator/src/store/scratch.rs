@@ -47,10 +47,7 @@ impl ScratchDb {
             "segmesh_test_{}_{}_{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0)
+            rand_core::RngCore::next_u32(&mut rand_core::OsRng)
         );
         let mut conn = PgConnection::connect(admin_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
