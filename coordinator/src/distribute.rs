@@ -9,7 +9,7 @@
 //! node too slow to drain its channel is disconnected and gets the full
 //! current netmap when it reconnects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -24,6 +24,12 @@ use tokio::sync::{Mutex, mpsc, watch};
 use crate::clock::Now;
 use crate::metrics::Metrics;
 use crate::store::{NetmapRecord, NodeRecord, Store, StoreError};
+
+mod sync;
+
+/// How often `wait_acks` re-reads the shared store for acks that other
+/// coordinators received.
+const SHARED_ACK_POLL: Duration = Duration::from_millis(100);
 
 /// Per-stream channel depth; a node this far behind is disconnected.
 const STREAM_DEPTH: usize = 16;
@@ -66,6 +72,9 @@ pub struct Distributor {
     acks: watch::Sender<u64>,
     /// Acks on their way to the store (see [`ack_writer`]).
     ack_writer: mpsc::UnboundedSender<AckMsg>,
+    /// Other coordinators write to the same store: every change goes
+    /// through [`Distributor::sync`] (see `distribute/sync.rs`).
+    shared: bool,
 }
 
 /// Work for the ack writer.
@@ -207,7 +216,16 @@ impl Distributor {
                 next_conn: 0,
             }),
             acks: watch::channel(0).0,
+            shared: false,
         })
+    }
+
+    /// Marks the store as shared with other coordinators: changes are then
+    /// applied by recompiling from the store, which also adopts the
+    /// versions other coordinators recorded.
+    pub fn into_shared(mut self) -> Self {
+        self.shared = true;
+        self
     }
 
     /// Re-reads one node from the store (after enroll, label, revoke,
@@ -219,6 +237,10 @@ impl Distributor {
         rotations: Vec<Rotation>,
         now: Instant,
     ) -> Result<BTreeMap<NodeName, u64>, StoreError> {
+        if self.shared {
+            // Rotations are derived from the key change itself there.
+            return self.sync(now).await;
+        }
         let rec = self.store.node(name).await?;
         let mut st = self.state.lock().await;
         let changes = match &rec {
@@ -240,6 +262,9 @@ impl Distributor {
         policy: &Policy,
         now: Instant,
     ) -> Result<BTreeMap<NodeName, u64>, StoreError> {
+        if self.shared {
+            return self.sync(now).await;
+        }
         let mut st = self.state.lock().await;
         let inv = st.compiler.inventory();
         st.compiler = Compiler::new(&inv, policy);
@@ -345,8 +370,18 @@ impl Distributor {
 
     /// Opens a node's stream: the current netmap is queued first. A second
     /// stream for the same node replaces (and so closes) the first.
-    pub async fn subscribe(&self, name: &NodeName) -> Option<(u64, mpsc::Receiver<Bytes>)> {
+    pub async fn subscribe(
+        &self,
+        name: &NodeName,
+        now: Instant,
+    ) -> Option<(u64, mpsc::Receiver<Bytes>)> {
         let mut st = self.state.lock().await;
+        if self.shared && !st.slots.contains_key(name) {
+            // Enrolled through another coordinator, feed not yet seen.
+            if let Err(e) = self.sync_locked(&mut st, now).await {
+                tracing::warn!(node = %name, error = %e, "cannot sync before opening a stream");
+            }
+        }
         st.next_conn += 1;
         let conn = st.next_conn;
         let slot = st.slots.get_mut(name)?;
@@ -414,28 +449,57 @@ impl Distributor {
         let mut rx = self.acks.subscribe();
         let deadline = tokio::time::Instant::from_std(start + timeout);
         loop {
-            let acked = {
+            let mut acked: BTreeSet<&NodeName> = {
                 let st = self.state.lock().await;
                 targets
                     .iter()
                     .filter(|(n, v)| st.slots.get(*n).is_some_and(|s| s.acked >= **v))
-                    .count()
+                    .map(|(n, _)| n)
+                    .collect()
             };
-            let done = acked == targets.len();
-            if done
-                || tokio::time::timeout_at(deadline, rx.changed())
-                    .await
-                    .is_err()
-            {
+            if self.shared && acked.len() < targets.len() {
+                // Nodes streaming from other coordinators ack there; their
+                // ack writers put the acks in the shared store.
+                if let Ok(nodes) = self.store.list_nodes().await {
+                    acked.extend(nodes.iter().filter_map(|n| {
+                        let (name, v) = targets.get_key_value(&n.name)?;
+                        (n.acked_version >= *v).then_some(name)
+                    }));
+                }
+            }
+            let done = acked.len() == targets.len();
+            if done || self.wait_ack_change(&mut rx, deadline).await {
                 #[allow(clippy::disallowed_methods)] // measuring a real wait
                 let elapsed = Instant::now().saturating_duration_since(start);
                 return AckReport {
-                    acked,
+                    acked: acked.len(),
                     total: targets.len(),
                     elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
                 };
             }
         }
+    }
+
+    /// Waits for a local ack (or, in shared mode, at most
+    /// [`SHARED_ACK_POLL`] so acks recorded by other coordinators are seen).
+    /// Returns true once `deadline` has passed.
+    async fn wait_ack_change(
+        &self,
+        rx: &mut watch::Receiver<u64>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let woke = if self.shared {
+            tokio::time::timeout(SHARED_ACK_POLL, rx.changed())
+                .await
+                .is_ok()
+        } else {
+            tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_ok()
+        };
+        #[allow(clippy::disallowed_methods)] // comparing with a real deadline
+        let now = tokio::time::Instant::now();
+        !woke && now >= deadline
     }
 
     /// Waits until every ack received so far is in the store.

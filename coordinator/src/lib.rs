@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod distribute;
+pub mod feed;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::CoordinatorConfig;
 use crate::distribute::Distributor;
 use crate::metrics::Metrics;
-use crate::store::StoreError;
+use crate::store::{Opened, StoreError};
 
 /// Admin token file (plaintext, 0600, for the admin to copy and delete).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -50,6 +50,8 @@ pub struct Prepared {
     /// Set on first start: where the new admin token was written.
     pub admin_token_created: Option<PathBuf>,
     pub ca_created: bool,
+    /// The change-feed task (PostgreSQL only); aborted on stop.
+    pub feed: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
@@ -114,15 +116,28 @@ pub async fn prepare(
         heartbeat: Duration::from_secs(cfg.heartbeat_secs),
         ack_timeout: Duration::from_secs(cfg.ack_timeout_secs),
     };
-    let dist =
+    let mut dist =
         Distributor::load(Arc::clone(&store), settings.overlay(), Arc::clone(&metrics)).await?;
+    if matches!(opened, Opened::Postgres(_)) {
+        dist = dist.into_shared();
+    }
+    let dist = Arc::new(dist);
+    // Other coordinators' changes reach this one's nodes through the feed.
+    let feed = match &opened {
+        Opened::Postgres(pg) => Some(tokio::spawn(crate::feed::follow(
+            pg.clone(),
+            Arc::clone(&dist),
+            Arc::clone(&clock),
+        ))),
+        Opened::Sqlite(_) => None,
+    };
     let (chain, key) = ca.server_identity(&cfg.certificate_names(), now.unix)?;
     let tls = server_tls_config(ca.cert_der(), chain, key)?;
     let ctx = Ctx {
         store,
         ca: Arc::new(ca),
         clock,
-        dist: Arc::new(dist),
+        dist,
         metrics,
         settings,
         admin_token_sha256,
@@ -132,6 +147,7 @@ pub async fn prepare(
         tls: Arc::new(tls),
         admin_token_created,
         ca_created,
+        feed,
     })
 }
 
@@ -143,6 +159,7 @@ pub struct Running {
     pub admin_token_created: Option<PathBuf>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    feed: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Prepares a coordinator and serves it on `listener` in a task.
@@ -167,6 +184,7 @@ pub async fn spawn(
         admin_token_created: prepared.admin_token_created,
         stop: Some(tx),
         task,
+        feed: prepared.feed,
     })
 }
 
@@ -177,5 +195,8 @@ impl Running {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        if let Some(feed) = self.feed.take() {
+            feed.abort();
+        }
     }
 }

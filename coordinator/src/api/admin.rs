@@ -297,6 +297,24 @@ pub async fn audit_log(
 }
 
 /// GET /metrics (Prometheus text; no secrets, no auth).
+/// GET /healthz (no auth): 200 when the store answers, 503 when it does
+/// not. With PostgreSQL this is what a load balancer or orchestrator uses to
+/// take a coordinator out of service while its database is unreachable.
+pub async fn healthz(State(ctx): State<Arc<Ctx>>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match ctx.store.ping().await {
+        Ok(()) => (axum::http::StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: store unreachable");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unhealthy: store unreachable\n",
+            )
+                .into_response()
+        }
+    }
+}
+
 pub async fn metrics(State(ctx): State<Arc<Ctx>>) -> Result<String, ApiError> {
     let nodes = ctx.store.list_nodes().await?;
     let revoked = nodes.iter().filter(|n| n.revoked).count();

@@ -97,6 +97,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/admin/audit-log", get(admin::audit_log))
         .route("/metrics", get(admin::metrics))
+        .route("/healthz", get(admin::healthz))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .with_state(ctx)
 }

@@ -93,7 +93,7 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let (conn, rx) = ctx
         .dist
-        .subscribe(&node.name)
+        .subscribe(&node.name, ctx.clock.now().instant)
         .await
         .ok_or_else(|| ApiError::Forbidden(format!("node {} has no netmap", node.name)))?;
     tracing::info!(node = %node.name, remote = %info.remote, "stream opened");

@@ -52,10 +52,15 @@ impl Harness {
     }
 
     async fn start_on(dir: &Path, addr: &str) -> Harness {
+        Self::start_cfg(dir, addr, "").await
+    }
+
+    /// `extra` is appended to the generated coordinator.toml.
+    async fn start_cfg(dir: &Path, addr: &str, extra: &str) -> Harness {
         let listener = TcpListener::bind(addr).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let text = format!(
-            "data_dir = {dir:?}\npublic_urls = [\"https://127.0.0.1:{port}\"]\nheartbeat_secs = 1\n"
+            "{extra}data_dir = {dir:?}\npublic_urls = [\"https://127.0.0.1:{port}\"]\nheartbeat_secs = 1\n"
         );
         let cfg = CoordinatorConfig::parse("test.toml", &text).unwrap();
         // Real wall time: TLS checks certificate validity against it.
@@ -141,7 +146,9 @@ impl Harness {
         let cert = CertificateDer::from_pem_slice(resp.cert_pem.as_bytes()).unwrap();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(tls_key.serialize_der()));
         Ok(Node {
-            client: self.client(Some((vec![cert], key))),
+            client: self.client(Some((vec![cert.clone()], key))),
+            cert,
+            key_der: tls_key.serialize_der(),
             enrolled: resp,
         })
     }
@@ -149,10 +156,24 @@ impl Harness {
 
 struct Node {
     client: HttpsClient,
+    cert: CertificateDer<'static>,
+    key_der: Vec<u8>,
     enrolled: EnrollResponse,
 }
 
 impl Node {
+    /// The node's client for another coordinator of the same mesh.
+    fn client_for(&self, h: &Harness) -> HttpsClient {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+        h.client(Some((vec![self.cert.clone()], key)))
+    }
+
+    /// The node's stream from another coordinator of the same mesh.
+    async fn stream_from(&self, h: &Harness) -> LineStream {
+        let client = self.client_for(h);
+        client.stream("/v1/stream").await.unwrap().unwrap()
+    }
+
     async fn stream(&self) -> LineStream {
         self.client.stream("/v1/stream").await.unwrap().unwrap()
     }
@@ -665,3 +686,5 @@ async fn no_secret_reaches_the_logs() {
         );
     }
 }
+
+mod shared;

@@ -1,4 +1,5 @@
-//! `segmesh-coordinator serve --config coordinator.toml`
+//! `segmesh-coordinator serve --config coordinator.toml`,
+//! `segmesh-coordinator migrate-store --from sqlite://… --to postgres://…`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use segmesh_coordinator::api;
 use segmesh_coordinator::clock::SystemClock;
 use segmesh_coordinator::config::CoordinatorConfig;
 use segmesh_coordinator::server::prepare;
+use segmesh_coordinator::store::{self, StoreLocation};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -34,6 +36,20 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Copy a SQLite deployment's state into an empty PostgreSQL database
+    /// (ids and versions kept). Stop the coordinator first; the source is
+    /// only read. Then set `store = "postgres://…"` in coordinator.toml.
+    MigrateStore {
+        /// The SQLite database, e.g. sqlite:///var/lib/segmesh-coordinator/state.db
+        #[arg(long)]
+        from: StoreLocation,
+        /// The PostgreSQL database, e.g. postgres://segmesh@db.example/segmesh
+        #[arg(long)]
+        to: StoreLocation,
+        /// Print the copied row counts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -53,7 +69,10 @@ fn main() {
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Serve { config } = cli.command;
+    let config = match cli.command {
+        Command::Serve { config } => config,
+        Command::MigrateStore { from, to, json } => return migrate_store(&from, &to, json).await,
+    };
     let cfg = CoordinatorConfig::load(&config)?;
     let prepared = prepare(&cfg, Arc::new(SystemClock))
         .await
@@ -79,6 +98,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let router = api::router(Arc::clone(&prepared.ctx));
     api::run(listener, prepared.tls, router, shutdown_signal()).await;
     tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+async fn migrate_store(from: &StoreLocation, to: &StoreLocation, json: bool) -> anyhow::Result<()> {
+    let report = store::migrate::between(from, to)
+        .await
+        .with_context(|| format!("migrating {from} to {to}"))?;
+    tracing::info!(from = %from, to = %to, "store migrated");
+    if json {
+        let counts: serde_json::Map<String, serde_json::Value> = report
+            .iter()
+            .map(|(t, n)| ((*t).to_string(), (*n).into()))
+            .collect();
+        println!("{}", serde_json::Value::Object(counts));
+    } else {
+        for (table, rows) in &report {
+            println!("{table:<10} {rows} row(s)");
+        }
+        println!("copied {from} to {to}; set store = \"{to}\" in coordinator.toml");
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 
 pub mod alloc;
 mod location;
+pub mod migrate;
 pub mod postgres;
 pub mod scratch;
 mod sql;
@@ -312,6 +313,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         details: serde_json::Value,
         change: &Change,
     ) -> Result<(), StoreError>;
+    /// Whether the database answers (health checks).
+    async fn ping(&self) -> Result<(), StoreError>;
     /// The newest `limit` entries, oldest first.
     async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }

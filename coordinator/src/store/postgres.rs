@@ -40,6 +40,9 @@ pub const CHANGES_CHANNEL: &str = "segmesh_changes";
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Random id of this process's store, sent as the NOTIFY payload so a
+    /// coordinator can tell its own notifications from others'.
+    instance: String,
 }
 
 impl PgStore {
@@ -58,7 +61,11 @@ impl PgStore {
             .connect_with(opts)
             .await?;
         migrator(MIGRATIONS).run(&pool).await?;
-        Ok(Self { pool })
+        let instance = format!(
+            "{:016x}",
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        );
+        Ok(Self { pool, instance })
     }
 
     /// The connection pool (for `migrate-store`, which copies tables).
@@ -83,9 +90,15 @@ impl PgStore {
         Ok(tx)
     }
 
-    async fn netmaps_recorded(tx: &mut Tx) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, 'netmaps')")
+    /// The payload of this store's notifications.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    async fn netmaps_recorded(&self, tx: &mut Tx) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANGES_CHANNEL)
+            .bind(&self.instance)
             .execute(&mut **tx)
             .await?;
         Ok(())

@@ -7,7 +7,7 @@
 //!   which this writer runs alone (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a
 //!   transaction-level advisory lock), so read-modify-write steps such as
 //!   address allocation and label edits never interleave across processes;
-//! - `async fn netmaps_recorded(tx: &mut Tx) -> Result<(), StoreError>`:
+//! - `async fn netmaps_recorded(&self, tx: &mut Tx) -> Result<(), StoreError>`:
 //!   called inside the transaction that recorded new netmap versions (the
 //!   PostgreSQL change feed notifies other coordinators on commit).
 
@@ -332,7 +332,7 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                Self::netmaps_recorded(&mut tx).await?;
+                self.netmaps_recorded(&mut tx).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -405,6 +405,11 @@ macro_rules! sql_store {
                 let mut tx = self.write().await?;
                 audit_tx(&mut tx, action, &details, change).await?;
                 tx.commit().await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
             }
 

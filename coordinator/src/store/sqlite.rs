@@ -62,7 +62,7 @@ impl SqliteStore {
     }
 
     /// One process owns a SQLite file: nobody else needs to hear of changes.
-    async fn netmaps_recorded(_tx: &mut Tx) -> Result<(), StoreError> {
+    async fn netmaps_recorded(&self, _tx: &mut Tx) -> Result<(), StoreError> {
         Ok(())
     }
 }

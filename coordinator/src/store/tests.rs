@@ -444,3 +444,104 @@ async fn postgres_state_survives_reconnect() {
     let s = PgStore::connect(&db.url).await.unwrap();
     assert_eq!(s.list_nodes().await.unwrap(), before);
 }
+
+/// `migrate-store`: everything a SQLite deployment holds arrives in
+/// PostgreSQL unchanged, ids continue after the copied ones, and a second
+/// run into the now non-empty database is refused without writing.
+#[tokio::test]
+async fn sqlite_state_migrates_to_postgres_unchanged() {
+    let Some((_db, pg)) = open_pg().await else {
+        return;
+    };
+    let (_d, lite) = open().await;
+    tokens_and_enrollment(&lite).await;
+    let web1 = lite.node(&name("web-1")).await.unwrap().unwrap();
+    lite.record_netmap(web1.id, 1, "{\"v\":1}").await.unwrap();
+    lite.ack_netmap(web1.id, 1, NOW).await.unwrap();
+    lite.apply_policy("# p\n", serde_json::json!({}), &Change::new("admin", NOW))
+        .await
+        .unwrap();
+
+    let report = super::migrate::sqlite_to_postgres(&lite, &pg)
+        .await
+        .unwrap();
+    let counts: std::collections::BTreeMap<_, _> = report.into_iter().collect();
+    assert_eq!(
+        counts["nodes"],
+        lite.list_nodes().await.unwrap().len() as u64
+    );
+    assert_eq!(counts["netmaps"], 1);
+    assert_eq!(
+        pg.list_nodes().await.unwrap(),
+        lite.list_nodes().await.unwrap()
+    );
+    assert_eq!(
+        pg.list_tokens().await.unwrap(),
+        lite.list_tokens().await.unwrap()
+    );
+    assert_eq!(pg.policy().await.unwrap(), lite.policy().await.unwrap());
+    assert_eq!(
+        pg.audit_log(1000).await.unwrap(),
+        lite.audit_log(1000).await.unwrap()
+    );
+    assert_eq!(
+        pg.acked_netmap(web1.id).await.unwrap(),
+        Some((1, "{\"v\":1}".to_string()))
+    );
+
+    // Identity sequences continue after the copied ids.
+    let admin = Change::new("admin", NOW);
+    let max_token = lite
+        .list_tokens()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .max()
+        .unwrap();
+    let t = pg
+        .create_token(token(42, Some("new"), 1), &admin)
+        .await
+        .unwrap();
+    assert!(t.id > max_token);
+    let (n, _) = pg
+        .enroll(
+            &enroll_req(42, 99, None),
+            &Prefixes::default(),
+            &signer(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert!(
+        lite.list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| o.id < n.id && o.addr_v4 != n.addr_v4)
+    );
+
+    let before = pg.list_nodes().await.unwrap();
+    let err = super::migrate::sqlite_to_postgres(&lite, &pg)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_eq!(pg.list_nodes().await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn migrate_store_refuses_wrong_locations_and_a_missing_source() {
+    use super::migrate::between;
+    let pg: StoreLocation = "postgres://u@127.0.0.1:1/x".parse().unwrap();
+    let lite: StoreLocation = "sqlite:///nonexistent/segmesh/state.db".parse().unwrap();
+    let err = between(&pg, &pg).await.unwrap_err().to_string();
+    assert!(err.contains("--from must be a sqlite://"), "{err}");
+    let err = between(&lite, &lite).await.unwrap_err().to_string();
+    assert!(err.contains("--to must be a postgres://"), "{err}");
+    let err = between(&lite, &pg).await.unwrap_err().to_string();
+    assert!(
+        err.contains("--from sqlite:///nonexistent") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/nonexistent/segmesh").exists());
+}
