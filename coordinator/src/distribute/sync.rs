@@ -183,7 +183,7 @@ fn rotations(old: &NetMap, new: &NetMap) -> Vec<Rotation> {
                 (Some(a), Some(b)) => a == b,
                 _ => o.allowed_ips == p.allowed_ips,
             })?;
-            (before.public_key != p.public_key).then(|| Rotation {
+            (before.public_key != p.public_key).then_some(Rotation {
                 old: before.public_key,
                 new: p.public_key,
             })

@@ -20,9 +20,12 @@ enum Kind {
     Bool,
 }
 
+/// A table: name, columns, and whether an identity sequence follows `id`.
+type Table = (&'static str, &'static [(&'static str, Kind)], bool);
+
 /// Tables in dependency order, with their columns (the schema both
-/// migration folders create) and whether an identity sequence follows `id`.
-const TABLES: &[(&str, &[(&str, Kind)], bool)] = &[
+/// migration folders create).
+const TABLES: &[Table] = &[
     (
         "tokens",
         &[

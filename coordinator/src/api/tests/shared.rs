@@ -36,7 +36,7 @@ async fn change_through_one_coordinator_reaches_nodes_streaming_from_the_other()
     // db-1 knows web-1 by key only (the policy shows it no name).
     let web_key = PublicKey::from_bytes([1; 32]).to_string();
     let first = db_on_b.next(5).await.unwrap();
-    assert_eq!(peer_names(&first), [web_key.clone()]);
+    assert_eq!(peer_names(&first), std::slice::from_ref(&web_key));
     assert_eq!(peer_names(&web_on_a.next(5).await.unwrap()), ["db-1"]);
 
     // A label change through A cuts web-1 off; db-1 hears it through B.
