@@ -130,8 +130,11 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
+impl Lab {
+    /// Kills every process in the lab's namespaces and deletes them (and the
+    /// lab's WireGuard UAPI sockets). Idempotent; [`Drop`] calls it, and a
+    /// signal handler may call it from another thread.
+    pub fn teardown(&self) {
         let namespaces =
             std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|e| e.into_inner()));
         for ns in namespaces.iter().rev() {
@@ -161,5 +164,11 @@ impl Drop for Lab {
                 }
             }
         }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
     }
 }
