@@ -86,10 +86,23 @@ fn main() -> ExitCode {
         }
     }));
     let interactive = !args.non_interactive && std::io::stdin().is_terminal();
-    match std::panic::catch_unwind(|| demo(&args, interactive)) {
+    let Ok(lab) = std::panic::catch_unwind(|| Arc::new(Lab::new("demo"))) else {
+        return ExitCode::from(1);
+    };
+    interrupt::guard(&lab);
+    let result = std::panic::catch_unwind(|| demo(&args, &lab, interactive));
+    if interrupt::INTERRUPTED.load(Ordering::SeqCst) {
+        // The signal thread is tearing the lab down and ends the process.
+        loop {
+            std::thread::park();
+        }
+    }
+    // Explicitly, while the Arc is still held: a signal arriving now finds
+    // the lab and waits for this teardown instead of exiting halfway.
+    lab.teardown();
+    match result {
         Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(_) => ExitCode::from(1),
+        Ok(false) | Err(_) => ExitCode::from(1),
     }
 }
 
@@ -99,7 +112,7 @@ fn step(n: u32, what: &str, detail: &str) {
 }
 
 #[allow(clippy::disallowed_methods)] // the demo measures real time
-fn demo(args: &Args, interactive: bool) -> bool {
+fn demo(args: &Args, lab: &Lab, interactive: bool) -> bool {
     std::fs::create_dir_all(&args.out).expect("create the output directory");
     let policy_text = std::fs::read_to_string(&args.policy)
         .unwrap_or_else(|e| panic!("reading {}: {e}", args.policy.display()));
@@ -107,11 +120,8 @@ fn demo(args: &Args, interactive: bool) -> bool {
         "segmesh live demo: a coordinator and {} nodes, each in its own network namespace",
         NODES.len()
     );
-    let lab = Arc::new(Lab::new("demo"));
-    interrupt::guard(&lab);
-
-    let coord = Coordinator::configure(&lab, lab.host("coord"));
-    let _coord_proc = coord.start(&lab, 1);
+    let coord = Coordinator::configure(lab, lab.host("coord"));
+    let _coord_proc = coord.start(lab, 1);
     step(
         1,
         "coordinator",
@@ -127,13 +137,13 @@ fn demo(args: &Args, interactive: bool) -> bool {
     for (i, (name, labels, _)) in NODES.iter().enumerate() {
         let token = coord.token(labels, name, 1);
         let iface = lab.iface(&format!("n{i}"));
-        let mut m = Member::join(&lab, lab.host(name), &token, &iface).unwrap_or_else(|out| {
+        let mut m = Member::join(lab, lab.host(name), &token, &iface).unwrap_or_else(|out| {
             panic!(
                 "{name} could not join: {}",
                 String::from_utf8_lossy(&out.stderr)
             )
         });
-        m.start(&lab);
+        m.start(lab);
         members.push(m);
     }
     wait_until(Duration::from_secs(15), "all nodes connected", || {
@@ -175,7 +185,7 @@ fn demo(args: &Args, interactive: bool) -> bool {
         .iter()
         .map(|s| {
             let host = &members[NODES.iter().position(|n| n.0 == s.node).unwrap_or(0)].host;
-            probe::listen(&lab, host, SocketAddr::new(s.addr, s.port))
+            probe::listen(lab, host, SocketAddr::new(s.addr, s.port))
         })
         .collect();
     let svc: Vec<String> = services
@@ -200,7 +210,7 @@ fn demo(args: &Args, interactive: bool) -> bool {
         println!("{l}");
     }
     let svg = args.out.join("segments.svg");
-    write_graph(&coord, &lab, &policy_v1, &svg);
+    write_graph(&coord, lab, &policy_v1, &svg);
     println!("      segment graph: {}", svg.display());
 
     // A policy change: one rule more; timed until the new flow opens.
