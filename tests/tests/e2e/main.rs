@@ -3,7 +3,6 @@
 
 mod adversaries;
 mod coordinated;
-mod demo;
 mod harness;
 mod interop;
 mod reload;

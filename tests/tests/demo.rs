@@ -1,12 +1,17 @@
 //! The live demo (`scripts/demo` runs the `segmesh-demo` binary): it must
 //! run clean non-interactively, write the graph, and leave no namespace or
-//! process behind, also when interrupted with Ctrl-C.
+//! process behind, also when interrupted with Ctrl-C. Needs root. One demo
+//! at a time (`ONE_AT_A_TIME`): two meshes at once on a 2-core machine would
+//! only test the machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use segmesh_e2e::{require_root, wait_until};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn demo() -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -64,6 +69,7 @@ fn assert_cleaned_up(ns: &str, dir: &Path) {
 #[test]
 fn demo_matrix_matches_the_policy_and_it_cleans_up() {
     require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out_dir = tempfile::tempdir().expect("temp dir");
     let out = demo()
         .arg("--out")
@@ -91,6 +97,7 @@ fn demo_matrix_matches_the_policy_and_it_cleans_up() {
 #[test]
 fn demo_interrupted_with_ctrl_c_removes_namespaces_and_processes() {
     require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out_dir = tempfile::tempdir().expect("temp dir");
     let log = out_dir.path().join("stdout");
     let mut child = demo()
