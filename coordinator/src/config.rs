@@ -25,6 +25,11 @@ pub struct CoordinatorConfig {
     pub store: Option<StoreLocation>,
     /// URLs nodes use to reach this coordinator (written into join tokens).
     pub public_urls: Vec<String>,
+    /// Public URLs of the other coordinators sharing this one's PostgreSQL
+    /// store: join tokens list them after `public_urls`, so nodes can fail
+    /// over to them.
+    #[serde(default)]
+    pub peer_urls: Vec<String>,
     /// Extra DNS names or IPs for the server certificate; the hosts of
     /// `public_urls` are always included.
     #[serde(default)]
@@ -99,6 +104,14 @@ impl CoordinatorConfig {
         for u in &cfg.public_urls {
             segmesh_config::client::parse_url(u).map_err(|e| err(format!(" public_urls: {e}")))?;
         }
+        for u in &cfg.peer_urls {
+            segmesh_config::client::parse_url(u).map_err(|e| err(format!(" peer_urls: {e}")))?;
+        }
+        if !cfg.peer_urls.is_empty() && !cfg.store_location().is_postgres() {
+            return Err(err(
+                " peer_urls: coordinators can only share a postgres:// store".into(),
+            ));
+        }
         if cfg.heartbeat_secs == 0 {
             return Err(err(" heartbeat_secs must be at least 1".into()));
         }
@@ -132,6 +145,18 @@ impl CoordinatorConfig {
         self.store
             .clone()
             .unwrap_or_else(|| StoreLocation::Sqlite(self.data_dir.join(DEFAULT_DB_FILE)))
+    }
+
+    /// Every coordinator URL a join token carries: this one's, then its
+    /// peers', without repeats.
+    pub fn token_urls(&self) -> Vec<String> {
+        let mut urls = self.public_urls.clone();
+        for u in &self.peer_urls {
+            if !urls.contains(u) {
+                urls.push(u.clone());
+            }
+        }
+        urls
     }
 
     pub fn prefixes(&self) -> Prefixes {
@@ -190,5 +215,34 @@ mod tests {
             err.starts_with("c.toml:1:") && err.contains("postgres://"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn peer_urls_go_into_tokens_and_need_a_shared_store() {
+        let text = "data_dir = \"/tmp/x\"\npublic_urls = [\"https://10.0.0.1:8443\"]\n\
+                    peer_urls = [\"https://10.0.0.2:8443\", \"https://10.0.0.1:8443\"]\n";
+        let err = CoordinatorConfig::parse("c.toml", text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("peer_urls") && err.contains("postgres://"),
+            "{err}"
+        );
+        let pg = format!("store = \"postgres://seg@10.0.0.9/segmesh\"\n{text}");
+        let cfg = CoordinatorConfig::parse("c.toml", &pg).unwrap();
+        assert_eq!(
+            cfg.token_urls(),
+            ["https://10.0.0.1:8443", "https://10.0.0.2:8443"]
+        );
+        assert_eq!(
+            cfg.certificate_names(),
+            ["10.0.0.1"],
+            "peers are not our SANs"
+        );
+        let bad = pg.replace("https://10.0.0.2:8443", "http://10.0.0.2");
+        let err = CoordinatorConfig::parse("c.toml", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("peer_urls"), "{err}");
     }
 }

@@ -368,12 +368,14 @@ impl Distributor {
         }
     }
 
-    /// Opens a node's stream: the current netmap is queued first. A second
-    /// stream for the same node replaces (and so closes) the first.
+    /// Opens a node's stream: the current netmap is queued first, unless
+    /// the node already holds that version (`since`). A second stream for
+    /// the same node replaces (and so closes) the first.
     pub async fn subscribe(
         &self,
         name: &NodeName,
         now: Instant,
+        since: Option<u64>,
     ) -> Option<(u64, mpsc::Receiver<Bytes>)> {
         let mut st = self.state.lock().await;
         if self.shared && !st.slots.contains_key(name) {
@@ -387,11 +389,13 @@ impl Distributor {
         let slot = st.slots.get_mut(name)?;
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
         slot.stream = Some((conn, tx));
-        let full = StreamMessage::Netmap {
-            netmap: slot.map.clone(),
-            rotations: Vec::new(),
-        };
-        self.send(slot, &full);
+        if since != Some(slot.map.version) {
+            let full = StreamMessage::Netmap {
+                netmap: slot.map.clone(),
+                rotations: Vec::new(),
+            };
+            self.send(slot, &full);
+        }
         Some((conn, rx))
     }
 

@@ -111,7 +111,7 @@ pub async fn prepare(
     let store = opened.store();
     let metrics = Arc::new(Metrics::default());
     let settings = Settings {
-        public_urls: cfg.public_urls.clone(),
+        public_urls: cfg.token_urls(),
         prefixes: cfg.prefixes(),
         heartbeat: Duration::from_secs(cfg.heartbeat_secs),
         ack_timeout: Duration::from_secs(cfg.ack_timeout_secs),

@@ -35,7 +35,8 @@ pub use tls::{run, server_tls_config};
 /// Settings the handlers need.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Where nodes reach the coordinator; written into join tokens.
+    /// Where nodes reach this coordinator and then its peers (those sharing
+    /// the PostgreSQL store); written into join tokens.
     pub public_urls: Vec<String>,
     pub prefixes: Prefixes,
     /// Interval of stream heartbeats.

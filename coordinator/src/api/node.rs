@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use segmesh_config::NodeName;
@@ -84,16 +84,28 @@ impl Drop for StreamGuard {
     }
 }
 
-/// GET /v1/stream: newline-delimited JSON, the current netmap first, then
-/// every new version, with heartbeats in between. Ends when the node is
-/// revoked or opens a newer stream.
+/// `GET /v1/stream?since=V` query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// The netmap version the node has in force. When it is the current
+    /// one, the stream does not start with a full netmap: a node failing
+    /// over to another coordinator (which sends the same versions) resumes
+    /// without a resync.
+    pub since: Option<u64>,
+}
+
+/// GET /v1/stream: newline-delimited JSON, the current netmap first (unless
+/// `since` names it), then every new version, with heartbeats in between.
+/// Ends when the node is revoked or opens a newer stream.
 pub async fn stream(
     State(ctx): State<Arc<Ctx>>,
+    Query(query): Query<StreamQuery>,
     NodeAuth(node, info): NodeAuth,
 ) -> Result<Response, ApiError> {
     let (conn, rx) = ctx
         .dist
-        .subscribe(&node.name, ctx.clock.now().instant)
+        .subscribe(&node.name, ctx.clock.now().instant, query.since)
         .await
         .ok_or_else(|| ApiError::Forbidden(format!("node {} has no netmap", node.name)))?;
     tracing::info!(node = %node.name, remote = %info.remote, "stream opened");

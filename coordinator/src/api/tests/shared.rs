@@ -3,6 +3,7 @@
 //! Skipped when `SEGMESH_TEST_PG` is unset (see `store::scratch`).
 
 use segmesh_config::PublicKey;
+use segmesh_config::control::StreamMessage;
 use serde_json::json;
 
 use super::{Follower, Harness, POLICY, peer_names};
@@ -84,6 +85,33 @@ async fn change_through_one_coordinator_reaches_nodes_streaming_from_the_other()
     };
     assert_eq!(stored("db-1"), back.version);
     assert_eq!(stored("web-1"), web_map.version);
+
+    // db-1 fails over to A holding the current version: no resync, the
+    // stream starts with a heartbeat; an older version gets the full map.
+    let resumed = dbn
+        .client_for(&a)
+        .stream(&format!("/v1/stream?since={}", back.version))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut resumed = Follower::new(resumed);
+    let line = resumed.s.next_line().await.unwrap().unwrap();
+    let msg: StreamMessage = serde_json::from_slice(&line).unwrap();
+    assert!(matches!(msg, StreamMessage::Heartbeat { .. }), "{msg:?}");
+    let stale = dbn
+        .client_for(&a)
+        .stream(&format!("/v1/stream?since={}", first.version))
+        .await
+        .unwrap()
+        .unwrap();
+    let full = Follower::new(stale).next(2).await.unwrap();
+    assert_eq!(full.version, back.version);
+    let bad = dbn
+        .client_for(&a)
+        .stream("/v1/stream?since=soon")
+        .await
+        .unwrap();
+    assert_eq!(bad.err().map(|r| r.status), Some(400));
 
     // Revoke db-1 through B: web-1 acks to A, and B's ack report counts
     // it through the shared store.
