@@ -369,14 +369,15 @@ impl Distributor {
     }
 
     /// Opens a node's stream: the current netmap is queued first, unless
-    /// the node already holds that version (`since`). A second stream for
-    /// the same node replaces (and so closes) the first.
+    /// the node already holds that version (`since`; then `resumed` is
+    /// true). A second stream for the same node replaces (and so closes)
+    /// the first. Returns (connection id, receiver, resumed).
     pub async fn subscribe(
         &self,
         name: &NodeName,
         now: Instant,
         since: Option<u64>,
-    ) -> Option<(u64, mpsc::Receiver<Bytes>)> {
+    ) -> Option<(u64, mpsc::Receiver<Bytes>, bool)> {
         let mut st = self.state.lock().await;
         if self.shared && !st.slots.contains_key(name) {
             // Enrolled through another coordinator, feed not yet seen.
@@ -389,14 +390,15 @@ impl Distributor {
         let slot = st.slots.get_mut(name)?;
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
         slot.stream = Some((conn, tx));
-        if since != Some(slot.map.version) {
+        let resumed = since == Some(slot.map.version);
+        if !resumed {
             let full = StreamMessage::Netmap {
                 netmap: slot.map.clone(),
                 rotations: Vec::new(),
             };
             self.send(slot, &full);
         }
-        Some((conn, rx))
+        Some((conn, rx, resumed))
     }
 
     /// Forgets a stream that ended (unless a newer one replaced it).

@@ -27,13 +27,29 @@ impl Coordinator {
     /// Writes `coordinator.toml` for a coordinator on `host` (SQLite in
     /// the lab directory, port 8443 on the underlay, 2 s heartbeats).
     pub fn configure(lab: &Lab, host: Host) -> Coordinator {
-        let data = lab.path("coord-data");
-        let config = lab.path("coordinator.toml");
+        Self::write_config(
+            host,
+            lab.path("coord-data"),
+            lab.path("coordinator.toml"),
+            "",
+        )
+    }
+
+    /// A coordinator named `name` (data in `<name>-data`, config in
+    /// `<name>.toml`) with `extra` TOML lines, e.g. a shared PostgreSQL
+    /// `store` and its `peer_urls`.
+    pub fn configure_with(lab: &Lab, host: Host, name: &str, extra: &str) -> Coordinator {
+        let data = lab.path(&format!("{name}-data"));
+        let config = lab.path(&format!("{name}.toml"));
+        Self::write_config(host, data, config, extra)
+    }
+
+    fn write_config(host: Host, data: PathBuf, config: PathBuf, extra: &str) -> Coordinator {
         let url = format!("https://{}:8443", host.underlay);
         std::fs::write(
             &config,
             format!(
-                "listen = \"{}:8443\"\ndata_dir = {data:?}\npublic_urls = [\"{url}\"]\nheartbeat_secs = 2\n",
+                "{extra}listen = \"{}:8443\"\ndata_dir = {data:?}\npublic_urls = [\"{url}\"]\nheartbeat_secs = 2\n",
                 host.underlay
             ),
         )

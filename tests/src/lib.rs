@@ -12,6 +12,7 @@ pub mod coord;
 pub mod lab;
 pub mod mesh;
 pub mod node;
+pub mod pg;
 pub mod probe;
 pub mod wait;
 

@@ -19,7 +19,9 @@ pub use super::admin_types::*;
 use super::auth::{AdminAuth, JsonBody};
 use super::{ApiError, ConnInfo, Ctx};
 use crate::metrics::Gauges;
-use crate::store::{AuditEntry, Change, NewToken, NodeRecord, PolicyRecord, TokenRecord};
+use crate::store::{
+    AuditEntry, Change, NewToken, NodeRecord, PolicyRecord, StoreError, TokenRecord,
+};
 
 fn actor(info: &ConnInfo) -> String {
     format!("admin@{}", info.remote.ip())
@@ -297,12 +299,18 @@ pub async fn audit_log(
 }
 
 /// GET /metrics (Prometheus text; no secrets, no auth).
+/// How long `/healthz` waits for the store.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// GET /healthz (no auth): 200 when the store answers, 503 when it does
 /// not. With PostgreSQL this is what a load balancer or orchestrator uses to
 /// take a coordinator out of service while its database is unreachable.
 pub async fn healthz(State(ctx): State<Arc<Ctx>>) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    match ctx.store.ping().await {
+    // Bounded: a pool waiting to reconnect must not hold the probe for its
+    // whole acquire timeout; a slow store counts as unhealthy.
+    let ping = tokio::time::timeout(HEALTH_TIMEOUT, ctx.store.ping()).await;
+    match ping.unwrap_or_else(|_| Err(StoreError::Invalid("no answer within 2 s".into()))) {
         Ok(()) => (axum::http::StatusCode::OK, "ok\n").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "health check: store unreachable");

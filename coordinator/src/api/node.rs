@@ -103,12 +103,18 @@ pub async fn stream(
     Query(query): Query<StreamQuery>,
     NodeAuth(node, info): NodeAuth,
 ) -> Result<Response, ApiError> {
-    let (conn, rx) = ctx
+    let now = ctx.clock.now();
+    let (conn, rx, resumed) = ctx
         .dist
-        .subscribe(&node.name, ctx.clock.now().instant, query.since)
+        .subscribe(&node.name, now.instant, query.since)
         .await
         .ok_or_else(|| ApiError::Forbidden(format!("node {} has no netmap", node.name)))?;
-    tracing::info!(node = %node.name, remote = %info.remote, "stream opened");
+    tracing::info!(node = %node.name, remote = %info.remote, resumed, "stream opened");
+    if let Some(v) = query.since.filter(|_| resumed) {
+        // The node has this version in force (e.g. from its enrollment
+        // answer, or acked to another coordinator): that is an ack.
+        ctx.dist.ack(&node.name, v, now).await?;
+    }
     let guard = StreamGuard {
         dist: Arc::clone(&ctx.dist),
         name: node.name.clone(),

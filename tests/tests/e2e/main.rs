@@ -3,6 +3,7 @@
 
 mod adversaries;
 mod coordinated;
+mod ha;
 mod harness;
 mod interop;
 mod reload;
