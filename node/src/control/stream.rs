@@ -162,13 +162,7 @@ impl ControlClient {
         A: FnMut(NetMap) -> Fut,
         Fut: Future<Output = Result<(), String>>,
     {
-        // The version in force: a coordinator holding the same one (any
-        // coordinator of the mesh, after a failover) skips the full netmap.
-        let path = match &self.current {
-            Some(m) => format!("/v1/stream?since={}", m.version),
-            None => "/v1/stream".to_string(),
-        };
-        let mut stream: LineStream = match client.stream(&path).await {
+        let mut stream: LineStream = match client.stream("/v1/stream").await {
             Ok(Ok(s)) => s,
             Ok(Err(resp)) => {
                 return format!(
