@@ -9,14 +9,15 @@
 //!    (0600, atomically); it never leaves the machine, only its public half;
 //! 2. POST /v1/rotate-key; the coordinator pushes the new key to the peers,
 //!    marked as a rotation, and answers once they acked it;
-//! 3. commit: the netmap cache is re-sealed under the new key (with the new
+//! 3. the data plane switches keys and re-handshakes its live peers (first,
+//!    because the peers already hold the new key);
+//! 4. commit: the netmap cache is re-sealed under the new key (with the new
 //!    key in its own entry), then `private.key.pending` is renamed over
-//!    `private.key`;
-//! 4. the data plane switches keys and re-handshakes its live peers.
+//!    `private.key`.
 //!
 //! A crash between steps leaves a state that the next start resolves
 //! without guessing: a pending key under which the cache verifies was
-//! accepted (step 3 started only after the coordinator's yes), so the rename
+//! accepted (step 4 starts only after the coordinator's yes), so the rename
 //! is finished; otherwise the node starts on its old key, and the first
 //! netmap from the coordinator tells: if it carries the pending key, the
 //! rotation is committed then (see `ControlClient::accept`).

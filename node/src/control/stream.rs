@@ -408,7 +408,10 @@ impl ControlClient {
             .map_err(|e| e.to_string())
     }
 
-    /// Commits `secret` on disk, then in the data plane.
+    /// Switches the data plane to `secret`, then commits it on disk. The
+    /// peers already hold the new key, so every millisecond on the old one
+    /// is lost traffic: the disk syncs come second. A crash in between
+    /// leaves the pending key, which the next netmap resolves.
     async fn switch_key<A, Fut>(
         &mut self,
         secret: &[u8; 32],
@@ -418,10 +421,11 @@ impl ControlClient {
         A: FnMut(PlaneCommand) -> Fut,
         Fut: Future<Output = Result<(), String>>,
     {
-        self.cache = rotate::commit(&self.dir, secret, self.current.as_mut())?;
-        self.public_key = public_of(secret);
         apply(PlaneCommand::RotateKey(Box::new(*secret)))
             .await
-            .map_err(RotateError::DataPlane)
+            .map_err(RotateError::DataPlane)?;
+        self.public_key = public_of(secret);
+        self.cache = rotate::commit(&self.dir, secret, self.current.as_mut())?;
+        Ok(())
     }
 }

@@ -52,6 +52,51 @@ struct Coordinator {
 }
 
 impl Coordinator {
+    /// A coordinator on its own host, started, with [`POLICY`] applied.
+    fn launch(lab: &Lab) -> (Coordinator, Proc) {
+        let host = lab.host("coord");
+        let data = lab.path("coord-data");
+        let config = lab.path("coordinator.toml");
+        let url = format!("https://{}:8443", host.underlay);
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{}:8443\"\ndata_dir = {data:?}\npublic_urls = [\"{url}\"]\nheartbeat_secs = 2\n",
+                host.underlay
+            ),
+        )
+        .expect("write coordinator.toml");
+        let coord = Coordinator {
+            host,
+            data,
+            config,
+            url,
+        };
+        let proc = coord.start(lab, 1);
+        std::fs::write(lab.path("policy.toml"), POLICY).expect("write policy");
+        let policy = lab.path("policy.toml").display().to_string();
+        let applied = coord.ctl_ok(&["policy", "apply", &policy]);
+        assert!(applied.contains("applied as policy version 1"), "{applied}");
+        (coord, proc)
+    }
+
+    /// `tokens create` for `labels`, `uses` times; returns the token.
+    fn token(&self, role: &str, labels: &str, uses: &str) -> String {
+        let out = self.ctl_ok(&[
+            "tokens",
+            "create",
+            "--labels",
+            labels,
+            "--name-prefix",
+            role,
+            "--ttl",
+            "10m",
+            "--uses",
+            uses,
+        ]);
+        out.trim().to_string()
+    }
+
     fn start(&self, lab: &Lab, n: u32) -> Proc {
         let p = Proc::spawn(
             &format!("coordinator-{n}"),
@@ -114,11 +159,74 @@ struct Member {
     host: Host,
     state: PathBuf,
     socket: PathBuf,
+    iface: String,
     proc: Option<Proc>,
 }
 
 impl Member {
-    fn start(&mut self, lab: &Lab, iface: &str) {
+    /// `segmesh-node join` on a new host; the `i`th member gets its own
+    /// interface and control socket.
+    fn join(lab: &Lab, name: &str, token: &str, i: usize) -> Member {
+        let host = lab.host(name);
+        let state = lab.path(&format!("{name}-state"));
+        let out = run_in(
+            &host.ns,
+            bin_path("segmesh-node").to_str().expect("utf-8"),
+            &[
+                "join",
+                token,
+                "--name",
+                name,
+                "--state-dir",
+                state.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "join {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let iface = lab.iface(&format!("n{i}"));
+        let socket = lab.path(&format!("{name}.sock"));
+        let mut toml = std::fs::read_to_string(state.join("node.toml")).expect("node.toml");
+        toml.push_str(&format!(
+            "interface = \"{iface}\"\ncontrol_socket = {socket:?}\n"
+        ));
+        std::fs::write(state.join("node.toml"), toml).expect("node.toml");
+        Member {
+            host,
+            state,
+            socket,
+            iface,
+            proc: None,
+        }
+    }
+
+    /// Runs `segmesh-node SUBCOMMAND --socket <ours> --json` in the node's
+    /// namespace and parses the output.
+    fn ask(&self, subcommand: &str) -> Result<Value, String> {
+        let out = run_in(
+            &self.host.ns,
+            bin_path("segmesh-node").to_str().expect("utf-8"),
+            &[
+                subcommand,
+                "--socket",
+                self.socket.to_str().expect("utf-8"),
+                "--json",
+            ],
+        );
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    fn status(&self) -> Value {
+        self.ask("status").expect("status --json")
+    }
+
+    fn start(&mut self, lab: &Lab) {
+        let iface = self.iface.clone();
         let config = self.state.join("node.toml");
         let p = Proc::spawn(
             &format!(
@@ -131,7 +239,7 @@ impl Member {
             &bin_path("segmesh-node"),
             &["run", "--config", config.to_str().expect("utf-8")],
         );
-        let (ns, iface) = (self.host.ns.clone(), iface.to_string());
+        let ns = self.host.ns.clone();
         wait_until(
             Duration::from_secs(10),
             &format!("{} up", self.host.name),
@@ -172,30 +280,7 @@ fn all_synced(nodes: &[Value]) -> bool {
 #[allow(clippy::disallowed_methods)] // the test measures real time
 fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
     let lab = Lab::new("coord");
-    let coord_host = lab.host("coord");
-    let data = lab.path("coord-data");
-    let config = lab.path("coordinator.toml");
-    let url = format!("https://{}:8443", coord_host.underlay);
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{}:8443\"\ndata_dir = {data:?}\npublic_urls = [\"{url}\"]\nheartbeat_secs = 2\n",
-            coord_host.underlay
-        ),
-    )
-    .expect("write coordinator.toml");
-    let coord = Coordinator {
-        host: coord_host,
-        data,
-        config,
-        url,
-    };
-    let mut coord_proc = coord.start(&lab, 1);
-
-    std::fs::write(lab.path("policy.toml"), POLICY).expect("write policy");
-    let policy = lab.path("policy.toml").display().to_string();
-    let applied = coord.ctl_ok(&["policy", "apply", &policy]);
-    assert!(applied.contains("applied as policy version 1"), "{applied}");
+    let (coord, mut coord_proc) = Coordinator::launch(&lab);
 
     let mut tokens = BTreeMap::new();
     for (role, labels, uses) in [
@@ -204,62 +289,14 @@ fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
         ("db", "role=db", "1"),
         ("ci", "role=ci", "1"),
     ] {
-        let out = coord.ctl_ok(&[
-            "tokens",
-            "create",
-            "--labels",
-            labels,
-            "--name-prefix",
-            role,
-            "--ttl",
-            "10m",
-            "--uses",
-            uses,
-        ]);
-        tokens.insert(role, out.trim().to_string());
+        tokens.insert(role, coord.token(role, labels, uses));
     }
 
     let names = ["web-1", "web-2", "api-1", "db-1", "ci-1"];
     let mut members: BTreeMap<&str, Member> = BTreeMap::new();
-    let mut ifaces = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
-        let host = lab.host(name);
-        let state = lab.path(&format!("{name}-state"));
         let role = &name[..name.find('-').expect("dash")];
-        let out = run_in(
-            &host.ns,
-            bin_path("segmesh-node").to_str().expect("utf-8"),
-            &[
-                "join",
-                &tokens[role],
-                "--name",
-                name,
-                "--state-dir",
-                state.to_str().expect("utf-8"),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "join {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let iface = lab.iface(&format!("n{i}"));
-        let socket = lab.path(&format!("{name}.sock"));
-        let mut toml = std::fs::read_to_string(state.join("node.toml")).expect("node.toml");
-        toml.push_str(&format!(
-            "interface = \"{iface}\"\ncontrol_socket = {socket:?}\n"
-        ));
-        std::fs::write(state.join("node.toml"), toml).expect("node.toml");
-        ifaces.insert(*name, iface);
-        members.insert(
-            name,
-            Member {
-                host,
-                state,
-                socket,
-                proc: None,
-            },
-        );
+        members.insert(name, Member::join(&lab, name, &tokens[role], i));
     }
     // A single-use token cannot enroll a second node.
     let spare = lab.host("spare");
@@ -280,8 +317,7 @@ fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
     assert!(!lab.path("spare").exists(), "a refused join writes nothing");
 
     for name in names {
-        let iface = ifaces[name].clone();
-        members.get_mut(name).expect("member").start(&lab, &iface);
+        members.get_mut(name).expect("member").start(&lab);
     }
     wait_until(
         Duration::from_secs(10),
@@ -371,10 +407,9 @@ fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
     // comes back from its cached netmap.
     coord_proc.kill();
     probe::connect_eventually(&members["web-1"].host.ns, db, Duration::from_secs(5));
-    let db_iface = ifaces["db-1"].clone();
     let dbm = members.get_mut("db-1").expect("db-1");
     dbm.stop();
-    dbm.start(&lab, &db_iface);
+    dbm.start(&lab);
     // web-1 still holds a session the restarted db-1 forgot; WireGuard's
     // rekey-on-silence (about 15 s) recovers it, as with wg-quick.
     let (_, took) =
@@ -434,4 +469,129 @@ fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
         }
     }
     let _ = run("true", &[]);
+}
+
+/// Reads a public key field of a JSON value.
+fn key_of(v: &Value) -> String {
+    v.as_str().expect("key string").to_string()
+}
+
+/// Waits for a `probe stream` to finish; returns its echoes.
+fn finished(stream: &mut Proc, within: Duration) -> Vec<u128> {
+    wait_until(within, "stream finished", || stream.try_exit());
+    let (oks, fail) = probe::echoes(stream);
+    assert!(fail.is_none(), "stream broke: {}", stream.stdout_text());
+    assert!(oks.len() > 20, "{}", stream.stdout_text());
+    oks
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // the test measures real time
+fn key_rotation_and_coordinator_loss_keep_an_open_flow_going() {
+    let lab = Lab::new("rot");
+    let (coord, mut coord_proc) = Coordinator::launch(&lab);
+    let mut web = Member::join(
+        &lab,
+        "web-1",
+        &coord.token("web", "role=web,env=prod", "1"),
+        0,
+    );
+    let mut db = Member::join(&lab, "db-1", &coord.token("db", "role=db", "1"), 1);
+    web.start(&lab);
+    db.start(&lab);
+    wait_until(Duration::from_secs(10), "both nodes synced", || {
+        all_synced(&coord.nodes()).then_some(())
+    });
+    let db_5432 = SocketAddr::new(v4(&coord.nodes(), "db-1"), 5432);
+    let _listener = probe::listen(&lab, &db.host, db_5432);
+    probe::connect_eventually(&web.host.ns, db_5432, Duration::from_secs(10));
+    // What a node still holding the old key would have.
+    std::fs::copy(
+        web.state.join("netmap.json"),
+        lab.path("web-1-before-rotation.json"),
+    )
+    .expect("copy netmap");
+    let old_secret = std::fs::read(web.state.join("private.key")).expect("key");
+    let old_key = key_of(&web.status()["public_key"]);
+
+    // Rotation while a TCP echo runs every 20 ms from web-1 to db-1.
+    let mut stream = probe::stream(&lab, "stream-rotate", &web.host.ns, db_5432, 6_000);
+    wait_until(Duration::from_secs(5), "stream flowing", || {
+        (probe::echoes(&stream).0.len() >= 20).then_some(())
+    });
+    let t0 = Instant::now();
+    let report = web.ask("rotate-key").expect("rotate-key");
+    let took = t0.elapsed();
+    let new_key = key_of(&report["new_key"]);
+    assert_eq!(key_of(&report["old_key"]), old_key);
+    assert_ne!(new_key, old_key);
+    assert_eq!(
+        (
+            report["peers_acked"].as_u64(),
+            report["peers_total"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    // The peer already holds the new key (it acked before the reply) and
+    // not the old one; so do web-1 itself, its key file and the coordinator.
+    let db_peers: Vec<String> = db.status()["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| key_of(&p["public_key"]))
+        .collect();
+    assert_eq!(db_peers, vec![new_key.clone()]);
+    assert_eq!(key_of(&web.status()["public_key"]), new_key);
+    assert_ne!(
+        std::fs::read(web.state.join("private.key")).expect("key"),
+        old_secret
+    );
+    assert!(!web.state.join("private.key.pending").exists());
+    let listed = coord.nodes();
+    let entry = listed.iter().find(|n| n["name"] == "web-1").expect("web-1");
+    assert_eq!(key_of(&entry["public_key"]), new_key);
+    let oks = finished(&mut stream, Duration::from_secs(20));
+    let gap = probe::max_gap(&oks);
+    println!(
+        "key rotation: rotate-key answered in {took:?} (peer acked in {} ms); \
+         longest pause of a 20 ms TCP echo across it: {gap:?}",
+        report["peers_ms"]
+    );
+    assert!(gap < Duration::from_secs(1), "{gap:?}");
+
+    // A node holding the old key is refused: db-1 answers no handshake.
+    let stale = segmesh_e2e::NodeSetup::new(&lab, &lab.host("stale"), "stale");
+    std::fs::write(&stale.key_path, &old_secret).expect("stale key");
+    std::fs::copy(lab.path("web-1-before-rotation.json"), &stale.netmap_path)
+        .expect("stale netmap");
+    let before = db.status()["drops"]["unknown_key"].as_u64().expect("drops");
+    let stale = stale.start(&lab);
+    let c = probe::connect(stale.ns(), db_5432, Duration::from_secs(2));
+    assert!(!c.ok, "old key reached db-1: {c:?}");
+    let after = db.status()["drops"]["unknown_key"].as_u64().expect("drops");
+    assert!(after > before, "{before} -> {after}");
+    drop(stale);
+
+    // SIGKILL the coordinator in the middle of an open flow: it goes on.
+    let mut stream = probe::stream(&lab, "stream-kill", &web.host.ns, db_5432, 4_000);
+    wait_until(Duration::from_secs(5), "stream flowing", || {
+        (probe::echoes(&stream).0.len() >= 20).then_some(())
+    });
+    coord_proc.signal(libc::SIGKILL);
+    let oks = finished(&mut stream, Duration::from_secs(20));
+    let gap = probe::max_gap(&oks);
+    println!("coordinator SIGKILLed: longest pause of the open flow {gap:?}");
+    assert!(gap < Duration::from_secs(1), "{gap:?}");
+    coord_proc.kill();
+
+    // web-1 restarts with the coordinator down, from the cache sealed
+    // under its rotated key, and carries traffic at once.
+    web.stop();
+    web.start(&lab);
+    assert_eq!(key_of(&web.status()["public_key"]), new_key);
+    let (_, took) = probe::connect_eventually(&web.host.ns, db_5432, Duration::from_secs(10));
+    println!("web-1 restarted from its cache (coordinator down): db-1 reached after {took:?}");
+    let mut stream = probe::stream(&lab, "stream-cached", &web.host.ns, db_5432, 2_000);
+    finished(&mut stream, Duration::from_secs(20));
 }
