@@ -3,15 +3,15 @@
 //! matrix against the policy, label changes and revocation taking effect
 //! within a second, the mesh surviving the coordinator's absence (and a node
 //! restart from its cache), state surviving a coordinator restart, and that
-//! no secret shows up in any log.
+//! no secret shows up in any log. A second, smaller mesh rotates a node's
+//! key under a running flow, then kills the coordinator under another.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::process::Output;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use segmesh_e2e::{Host, Lab, Proc, bin_path, probe, run, run_in, wait_until};
+use segmesh_e2e::coord::{Coordinator, Member, all_synced, v4};
+use segmesh_e2e::{Lab, Proc, bin_path, probe, run, run_in, wait_until};
 use serde_json::Value;
 
 const POLICY: &str = r#"
@@ -44,259 +44,45 @@ port = "tcp/5432"
 expect = "deny"
 "#;
 
-struct Coordinator {
-    host: Host,
-    data: PathBuf,
-    config: PathBuf,
-    url: String,
-}
-
-impl Coordinator {
-    /// A coordinator on its own host, started, with [`POLICY`] applied.
-    fn launch(lab: &Lab) -> (Coordinator, Proc) {
-        let host = lab.host("coord");
-        let data = lab.path("coord-data");
-        let config = lab.path("coordinator.toml");
-        let url = format!("https://{}:8443", host.underlay);
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{}:8443\"\ndata_dir = {data:?}\npublic_urls = [\"{url}\"]\nheartbeat_secs = 2\n",
-                host.underlay
-            ),
-        )
-        .expect("write coordinator.toml");
-        let coord = Coordinator {
-            host,
-            data,
-            config,
-            url,
-        };
-        let proc = coord.start(lab, 1);
-        std::fs::write(lab.path("policy.toml"), POLICY).expect("write policy");
-        let policy = lab.path("policy.toml").display().to_string();
-        let applied = coord.ctl_ok(&["policy", "apply", &policy]);
-        assert!(applied.contains("applied as policy version 1"), "{applied}");
-        (coord, proc)
-    }
-
-    /// `tokens create` for `labels`, `uses` times; returns the token.
-    fn token(&self, role: &str, labels: &str, uses: &str) -> String {
-        let out = self.ctl_ok(&[
-            "tokens",
-            "create",
-            "--labels",
-            labels,
-            "--name-prefix",
-            role,
-            "--ttl",
-            "10m",
-            "--uses",
-            uses,
-        ]);
-        out.trim().to_string()
-    }
-
-    fn start(&self, lab: &Lab, n: u32) -> Proc {
-        let p = Proc::spawn(
-            &format!("coordinator-{n}"),
-            Some(&self.host.ns),
-            lab.dir(),
-            &bin_path("segmesh-coordinator"),
-            &["serve", "--config", self.config.to_str().expect("utf-8")],
-        );
-        wait_until(Duration::from_secs(10), "coordinator serving", || {
-            p.stderr_text()
-                .contains("coordinator serving")
-                .then_some(())
-        });
-        p
-    }
-
-    /// Runs segmeshctl on the coordinator host; returns the output even on failure.
-    fn ctl(&self, args: &[&str]) -> Output {
-        let mut all: Vec<String> = args.iter().map(ToString::to_string).collect();
-        for (flag, v) in [
-            ("--url", self.url.clone()),
-            (
-                "--admin-token-file",
-                self.data.join("admin.token").display().to_string(),
-            ),
-            ("--ca-file", self.data.join("ca.pem").display().to_string()),
-        ] {
-            all.push(flag.into());
-            all.push(v);
-        }
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        run_in(
-            &self.host.ns,
-            bin_path("segmeshctl").to_str().expect("utf-8"),
-            &refs,
-        )
-    }
-
-    fn ctl_ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        assert!(
-            out.status.success(),
-            "segmeshctl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn nodes(&self) -> Vec<Value> {
-        let out = self.ctl_ok(&["nodes", "list", "--json"]);
-        serde_json::from_str::<Value>(&out).expect("nodes list --json")["nodes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| serde_json::from_str::<Vec<Value>>(&out).expect("array"))
-    }
-}
-
-struct Member {
-    host: Host,
-    state: PathBuf,
-    socket: PathBuf,
-    iface: String,
-    proc: Option<Proc>,
-}
-
-impl Member {
-    /// `segmesh-node join` on a new host; the `i`th member gets its own
-    /// interface and control socket.
-    fn join(lab: &Lab, name: &str, token: &str, i: usize) -> Member {
-        let host = lab.host(name);
-        let state = lab.path(&format!("{name}-state"));
-        let out = run_in(
-            &host.ns,
-            bin_path("segmesh-node").to_str().expect("utf-8"),
-            &[
-                "join",
-                token,
-                "--name",
-                name,
-                "--state-dir",
-                state.to_str().expect("utf-8"),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "join {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let iface = lab.iface(&format!("n{i}"));
-        let socket = lab.path(&format!("{name}.sock"));
-        let mut toml = std::fs::read_to_string(state.join("node.toml")).expect("node.toml");
-        toml.push_str(&format!(
-            "interface = \"{iface}\"\ncontrol_socket = {socket:?}\n"
-        ));
-        std::fs::write(state.join("node.toml"), toml).expect("node.toml");
-        Member {
-            host,
-            state,
-            socket,
-            iface,
-            proc: None,
-        }
-    }
-
-    /// Runs `segmesh-node SUBCOMMAND --socket <ours> --json` in the node's
-    /// namespace and parses the output.
-    fn ask(&self, subcommand: &str) -> Result<Value, String> {
-        let out = run_in(
-            &self.host.ns,
-            bin_path("segmesh-node").to_str().expect("utf-8"),
-            &[
-                subcommand,
-                "--socket",
-                self.socket.to_str().expect("utf-8"),
-                "--json",
-            ],
-        );
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-    }
-
-    fn status(&self) -> Value {
-        self.ask("status").expect("status --json")
-    }
-
-    fn start(&mut self, lab: &Lab) {
-        let iface = self.iface.clone();
-        let config = self.state.join("node.toml");
-        let p = Proc::spawn(
-            &format!(
-                "{}-{}",
-                self.host.name,
-                lab.dir().read_dir().map_or(0, Iterator::count)
-            ),
-            Some(&self.host.ns),
-            lab.dir(),
-            &bin_path("segmesh-node"),
-            &["run", "--config", config.to_str().expect("utf-8")],
-        );
-        let ns = self.host.ns.clone();
-        wait_until(
-            Duration::from_secs(10),
-            &format!("{} up", self.host.name),
-            || {
-                let up = std::process::Command::new("ip")
-                    .args(["-n", &ns, "link", "show", &iface])
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                (up && self.socket.exists()).then_some(())
-            },
-        );
-        self.proc = Some(p);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-}
-
-fn v4(nodes: &[Value], name: &str) -> IpAddr {
-    let n = nodes
-        .iter()
-        .find(|n| n["name"] == name)
-        .expect("node listed");
-    n["addr_v4"].as_str().expect("addr_v4").parse().expect("ip")
-}
-
-fn all_synced(nodes: &[Value]) -> bool {
-    nodes
-        .iter()
-        .filter(|n| n["revoked"] == false)
-        .all(|n| n["connected"] == true && n["acked_version"] == n["netmap_version"])
+/// A coordinator on its own host, started, with [`POLICY`] applied.
+fn launch(lab: &Lab) -> (Coordinator, Proc) {
+    let coord = Coordinator::configure(lab, lab.host("coord"));
+    let proc = coord.start(lab, 1);
+    std::fs::write(lab.path("policy.toml"), POLICY).expect("write policy");
+    let policy = lab.path("policy.toml").display().to_string();
+    let applied = coord.ctl_ok(&["policy", "apply", &policy]);
+    assert!(applied.contains("applied as policy version 1"), "{applied}");
+    (coord, proc)
 }
 
 #[test]
 #[allow(clippy::disallowed_methods)] // the test measures real time
 fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
     let lab = Lab::new("coord");
-    let (coord, mut coord_proc) = Coordinator::launch(&lab);
+    let (coord, mut coord_proc) = launch(&lab);
 
     let mut tokens = BTreeMap::new();
     for (role, labels, uses) in [
-        ("web", "role=web,env=prod", "2"),
-        ("api", "role=api", "1"),
-        ("db", "role=db", "1"),
-        ("ci", "role=ci", "1"),
+        ("web", "role=web,env=prod", 2),
+        ("api", "role=api", 1),
+        ("db", "role=db", 1),
+        ("ci", "role=ci", 1),
     ] {
-        tokens.insert(role, coord.token(role, labels, uses));
+        tokens.insert(role, coord.token(labels, role, uses));
     }
 
     let names = ["web-1", "web-2", "api-1", "db-1", "ci-1"];
     let mut members: BTreeMap<&str, Member> = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
         let role = &name[..name.find('-').expect("dash")];
-        members.insert(name, Member::join(&lab, name, &tokens[role], i));
+        let member = Member::join(
+            &lab,
+            lab.host(name),
+            &tokens[role],
+            &lab.iface(&format!("n{i}")),
+        )
+        .unwrap_or_else(|out| panic!("join {name}: {}", String::from_utf8_lossy(&out.stderr)));
+        members.insert(name, member);
     }
     // A single-use token cannot enroll a second node.
     let spare = lab.host("spare");
@@ -489,14 +275,14 @@ fn finished(stream: &mut Proc, within: Duration) -> Vec<u128> {
 #[allow(clippy::disallowed_methods)] // the test measures real time
 fn key_rotation_and_coordinator_loss_keep_an_open_flow_going() {
     let lab = Lab::new("rot");
-    let (coord, mut coord_proc) = Coordinator::launch(&lab);
-    let mut web = Member::join(
-        &lab,
-        "web-1",
-        &coord.token("web", "role=web,env=prod", "1"),
-        0,
-    );
-    let mut db = Member::join(&lab, "db-1", &coord.token("db", "role=db", "1"), 1);
+    let (coord, mut coord_proc) = launch(&lab);
+    let join = |name: &str, labels: &str, i: usize| {
+        let token = coord.token(labels, &name[..name.find('-').expect("dash")], 1);
+        Member::join(&lab, lab.host(name), &token, &lab.iface(&format!("n{i}")))
+            .unwrap_or_else(|out| panic!("join {name}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let mut web = join("web-1", "role=web,env=prod", 0);
+    let mut db = join("db-1", "role=db", 1);
     web.start(&lab);
     db.start(&lab);
     wait_until(Duration::from_secs(10), "both nodes synced", || {
