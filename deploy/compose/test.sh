@@ -87,8 +87,8 @@ wait_for 120 "all containers healthy" healthy
 
 nodes_json() { ctl nodes list --json; }
 all_synced() {
-    nodes_json | jq -e '(.nodes // .) as $n | ($n | length) == 4 and
-        ($n | map(select(.revoked == false)) | all(.connected == true and .acked_version == .netmap_version))' >/dev/null
+    nodes_json | jq -e 'length == 4 and
+        (map(select(.revoked == false)) | all(.connected == true and .acked_version == .netmap_version))' >/dev/null
 }
 wait_for 30 "4 nodes connected and acked" all_synced
 up=$(ms)
@@ -97,7 +97,7 @@ log "mesh up: image $((built - start)) ms, enrolled and synced $((up - built)) m
 declare -A addr key port=([web-1]=80 [api-1]=8080 [db-1]=5432 [intruder-1]=8080)
 listing=$(nodes_json)
 for n in "${nodes[@]}"; do
-    addr[$n]=$(jq -r --arg n "$n" '(.nodes // .)[] | select(.name == $n) | .addr_v4' <<<"$listing")
+    addr[$n]=$(jq -r --arg n "$n" '.[] | select(.name == $n) | .addr_v4' <<<"$listing")
     key[$n]=$(status "$n" | jq -r .public_key)
     [ -n "${addr[$n]}" ] && [ "${addr[$n]}" != null ] || fail "no overlay address for $n"
     echo "   $n ${addr[$n]} ${key[$n]}"
@@ -134,7 +134,7 @@ for from in "${nodes[@]}"; do
         get "$from" "$to" && fail "$from -> $to:${port[$to]} must be denied"
         after=$(drops "$from")
         [ "$after" -gt "$before" ] || fail "$from -> $to: failed, but $from counted no drop ($before -> $after)"
-        echo "   $from -> $to:${port[$to]}  denied: fails, $from dropped $((after - before)) packets"
+        echo "   $from -> $to:${port[$to]}  denied: fails, $from dropped $((after - before)) packet(s)"
     done
 done
 
@@ -168,7 +168,7 @@ wait_for 10 "api-1 loses db-1" lacks_peer api-1 "${key[db-1]}"
 t1=$(ms)
 echo "   $out"
 fails get api-1 db-1 || fail "api-1 -> db-1 still works after revoking db-1"
-nodes_json | jq -e '(.nodes // .)[] | select(.name == "db-1") | .revoked == true' >/dev/null ||
+nodes_json | jq -e '.[] | select(.name == "db-1") | .revoked == true' >/dev/null ||
     fail "db-1 is not listed as revoked"
 echo "   db-1 left api-1's netmap $((t1 - t0)) ms after the revoke; api-1 -> db-1 fails"
 get web-1 api-1 || fail "web-1 -> api-1 broke after revoking db-1"
