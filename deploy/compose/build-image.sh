@@ -39,7 +39,7 @@ done
 cp "$busybox" "$ctx/busybox"
 here=$repo/deploy/compose
 cp "$here/Dockerfile.scratch" "$ctx/Dockerfile"
-cp "$here/coordinator.sh" "$here/node.sh" "$ctx/"
+cp "$here/coordinator.sh" "$here/node.sh" "$here/lib.sh" "$ctx/"
 
 echo "== docker build $tag"
 docker build -q -t "$tag" "$ctx" >/dev/null

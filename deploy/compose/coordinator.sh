@@ -9,6 +9,7 @@
 # SEGMESH_PUBLIC_URL   https://<this container's fixed address>:8443
 # SEGMESH_JOIN_TOKENS  space-separated NAME:LABELS, e.g. "web-1:role=web,env=prod"
 set -eu
+. /usr/local/lib/segmesh/lib.sh
 
 : "${SEGMESH_PUBLIC_URL:?set SEGMESH_PUBLIC_URL}"
 data=/var/lib/segmesh-coordinator
@@ -23,7 +24,7 @@ TOML
 
 segmesh-coordinator serve --config "$conf" &
 pid=$!
-trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
+forward_signals "$pid"
 
 # segmeshctl reads SEGMESH_URL / SEGMESH_ADMIN_TOKEN_FILE / SEGMESH_CA_FILE.
 tries=0
@@ -49,13 +50,5 @@ if [ ! -e "$data/compose-init.done" ]; then
     done
     touch "$data/compose-init.done"
 fi
-touch /tmp/ready
-
-status=0
-wait "$pid" || status=$?
-# A trapped signal interrupts `wait`; wait again for the real exit.
-if kill -0 "$pid" 2>/dev/null; then
-    status=0
-    wait "$pid" || status=$?
-fi
-exit "$status"
+mark_ready
+exit_with "$pid"

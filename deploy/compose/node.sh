@@ -9,6 +9,7 @@
 # SEGMESH_NODE_NAME     e.g. web-1
 # SEGMESH_SERVICE_PORT  optional TCP port of the node's service
 set -eu
+. /usr/local/lib/segmesh/lib.sh
 
 : "${SEGMESH_NODE_NAME:?set SEGMESH_NODE_NAME}"
 state=/var/lib/segmesh-node
@@ -26,7 +27,7 @@ fi
 
 segmesh-node run --config "$state/node.toml" &
 pid=$!
-trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
+forward_signals "$pid"
 
 # The node's overlay IPv4 address, once the TUN device carries it.
 iface=$(sed -n 's/^interface *= *"\(.*\)"/\1/p' "$state/node.toml")
@@ -48,12 +49,5 @@ if [ -n "${SEGMESH_SERVICE_PORT:-}" ]; then
     busybox httpd -p "$addr:$SEGMESH_SERVICE_PORT" -h /srv/www
     echo "serving http://$addr:$SEGMESH_SERVICE_PORT/"
 fi
-touch /tmp/ready
-
-status=0
-wait "$pid" || status=$?
-if kill -0 "$pid" 2>/dev/null; then
-    status=0
-    wait "$pid" || status=$?
-fi
-exit "$status"
+mark_ready
+exit_with "$pid"

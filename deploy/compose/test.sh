@@ -50,6 +50,7 @@ built=$(ms)
 
 log "compose up (project $project, underlay $SEGMESH_COMPOSE_NET.0/24)"
 dc up -d
+created=$(ms)
 
 nodes=(web-1 api-1 db-1 intruder-1)
 declare -A cid
@@ -92,7 +93,7 @@ all_synced() {
 }
 wait_for 30 "4 nodes connected and acked" all_synced
 up=$(ms)
-log "mesh up: image $((built - start)) ms, enrolled and synced $((up - built)) ms"
+log "mesh up: image built in $((built - start)) ms, containers created in $((created - built)) ms, enrolled and synced $((up - created)) ms later"
 
 declare -A addr key port=([web-1]=80 [api-1]=8080 [db-1]=5432 [intruder-1]=8080)
 listing=$(nodes_json)
