@@ -16,6 +16,8 @@ bins=(segmesh-node segmesh-coordinator segmeshctl)
 busybox=${SEGMESH_BUSYBOX:-/bin/busybox}
 
 die() { echo "build-image.sh: $*" >&2; exit 1; }
+# Finds cargo under sudo too.
+. "$repo/scripts/cargo-env.sh"
 
 # A dynamically linked file has an ELF interpreter (PT_INTERP); a static one
 # (static-pie included) has none.

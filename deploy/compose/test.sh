@@ -40,7 +40,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for tool in docker docker-compose jq cargo; do
+for tool in docker docker-compose jq; do
     command -v "$tool" >/dev/null || fail "$tool is not installed"
 done
 
