@@ -5,6 +5,7 @@ mod adversaries;
 mod coordinated;
 mod harness;
 mod interop;
+mod refusals;
 mod reload;
 mod startup;
 mod three_tier;
