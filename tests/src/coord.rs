@@ -53,6 +53,18 @@ impl Coordinator {
         }
     }
 
+    /// A coordinator on its own host `coord`, started, with `policy`
+    /// applied.
+    pub fn launch(lab: &Lab, policy: &str) -> (Coordinator, Proc) {
+        let coord = Coordinator::configure(lab, lab.host("coord"));
+        let proc = coord.start(lab, 1);
+        std::fs::write(lab.path("policy.toml"), policy).expect("write policy");
+        let path = lab.path("policy.toml").display().to_string();
+        let applied = coord.ctl_ok(&["policy", "apply", &path]);
+        assert!(applied.contains("applied as policy version 1"), "{applied}");
+        (coord, proc)
+    }
+
     /// Starts `segmesh-coordinator serve` and waits until it serves; `n`
     /// numbers restarts in the log file names.
     pub fn start(&self, lab: &Lab, n: u32) -> Proc {

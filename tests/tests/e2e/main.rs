@@ -5,7 +5,6 @@ mod adversaries;
 mod coordinated;
 mod harness;
 mod interop;
-mod refusals;
 mod reload;
 mod startup;
 mod three_tier;
