@@ -27,24 +27,21 @@ impl Coordinator {
     /// Writes `coordinator.toml` for a coordinator on `host` (SQLite in
     /// the lab directory, port 8443 on the underlay, 2 s heartbeats).
     pub fn configure(lab: &Lab, host: Host) -> Coordinator {
-        Self::write_config(
-            host,
-            lab.path("coord-data"),
-            lab.path("coordinator.toml"),
-            "",
-        )
+        Self::configure_as(lab, host, "coord")
     }
 
-    /// A coordinator named `name` (data in `<name>-data`, config in
-    /// `<name>.toml`) with `extra` TOML lines, e.g. a shared PostgreSQL
-    /// `store` and its `peer_urls`.
+    /// Like [`Coordinator::configure`], for a second coordinator in the
+    /// same lab (its own data dir, hence its own CA): `{name}-data`,
+    /// `{name}.toml`.
+    pub fn configure_as(lab: &Lab, host: Host, name: &str) -> Coordinator {
+        Self::configure_with(lab, host, name, "")
+    }
+
+    /// Like [`Coordinator::configure_as`] with `extra` TOML lines, e.g. a
+    /// shared PostgreSQL `store` and its `peer_urls`.
     pub fn configure_with(lab: &Lab, host: Host, name: &str, extra: &str) -> Coordinator {
         let data = lab.path(&format!("{name}-data"));
         let config = lab.path(&format!("{name}.toml"));
-        Self::write_config(host, data, config, extra)
-    }
-
-    fn write_config(host: Host, data: PathBuf, config: PathBuf, extra: &str) -> Coordinator {
         let url = format!("https://{}:8443", host.underlay);
         std::fs::write(
             &config,
@@ -53,13 +50,25 @@ impl Coordinator {
                 host.underlay
             ),
         )
-        .expect("write coordinator.toml");
+        .expect("write the coordinator config");
         Coordinator {
             host,
             data,
             config,
             url,
         }
+    }
+
+    /// A coordinator on its own host `coord`, started, with `policy`
+    /// applied.
+    pub fn launch(lab: &Lab, policy: &str) -> (Coordinator, Proc) {
+        let coord = Coordinator::configure(lab, lab.host("coord"));
+        let proc = coord.start(lab, 1);
+        std::fs::write(lab.path("policy.toml"), policy).expect("write policy");
+        let path = lab.path("policy.toml").display().to_string();
+        let applied = coord.ctl_ok(&["policy", "apply", &path]);
+        assert!(applied.contains("applied as policy version 1"), "{applied}");
+        (coord, proc)
     }
 
     /// Starts `segmesh-coordinator serve` and waits until it serves; `n`
@@ -225,6 +234,30 @@ impl Member {
             },
         );
         self.proc = Some(p);
+    }
+
+    /// Runs `segmesh-node SUBCOMMAND --socket <ours> --json` in the node's
+    /// namespace (`status`, `rotate-key`); the parsed output, or stderr.
+    pub fn ask(&self, subcommand: &str) -> Result<Value, String> {
+        let out = run_in(
+            &self.host.ns,
+            bin_path("segmesh-node").to_str().expect("utf-8"),
+            &[
+                subcommand,
+                "--socket",
+                self.socket.to_str().expect("utf-8"),
+                "--json",
+            ],
+        );
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// `segmesh-node status --json`.
+    pub fn status(&self) -> Value {
+        self.ask("status").expect("status --json")
     }
 
     /// Stops the node (SIGTERM, then SIGKILL).

@@ -3,7 +3,7 @@
 //! matrix against the policy, label changes and revocation taking effect
 //! within a second, the mesh surviving the coordinator's absence (and a node
 //! restart from its cache), state surviving a coordinator restart, and that
-//! no secret shows up in any log.
+//! no secret shows up in any log. (Key rotation: tests/rotation.rs.)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,13 +46,7 @@ expect = "deny"
 #[allow(clippy::disallowed_methods)] // the test measures real time
 fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
     let lab = Lab::new("coord");
-    let coord = Coordinator::configure(&lab, lab.host("coord"));
-    let mut coord_proc = coord.start(&lab, 1);
-
-    std::fs::write(lab.path("policy.toml"), POLICY).expect("write policy");
-    let policy = lab.path("policy.toml").display().to_string();
-    let applied = coord.ctl_ok(&["policy", "apply", &policy]);
-    assert!(applied.contains("applied as policy version 1"), "{applied}");
+    let (coord, mut coord_proc) = Coordinator::launch(&lab, POLICY);
 
     let mut tokens = BTreeMap::new();
     for (role, labels, uses) in [
