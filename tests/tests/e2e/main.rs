@@ -3,6 +3,7 @@
 
 mod adversaries;
 mod coordinated;
+mod dataplane;
 mod harness;
 mod interop;
 mod reload;
