@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use crate::store::Prefixes;
+use crate::store::{Prefixes, StoreLocation};
 
 /// The coordinator's configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -16,8 +16,13 @@ pub struct CoordinatorConfig {
     /// Address the HTTPS API listens on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// CA, admin token hash and the SQLite database live here.
+    /// CA, admin token hash and (by default) the SQLite database live here.
     pub data_dir: PathBuf,
+    /// Where the state is kept: `sqlite://PATH` or `postgres://…`. Unset:
+    /// SQLite in `data_dir/state.db`. Coordinators sharing one PostgreSQL
+    /// database serve the same mesh (they must share the CA material too).
+    #[serde(default)]
+    pub store: Option<StoreLocation>,
     /// URLs nodes use to reach this coordinator (written into join tokens).
     pub public_urls: Vec<String>,
     /// Extra DNS names or IPs for the server certificate; the hosts of
@@ -51,6 +56,9 @@ impl Default for OverlayConfig {
         }
     }
 }
+
+/// The SQLite file used when `store` is unset.
+pub const DEFAULT_DB_FILE: &str = "state.db";
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8443))
@@ -119,6 +127,13 @@ impl CoordinatorConfig {
         names
     }
 
+    /// The configured store, or the default SQLite file in `data_dir`.
+    pub fn store_location(&self) -> StoreLocation {
+        self.store
+            .clone()
+            .unwrap_or_else(|| StoreLocation::Sqlite(self.data_dir.join(DEFAULT_DB_FILE)))
+    }
+
     pub fn prefixes(&self) -> Prefixes {
         Prefixes {
             v4: self.overlay.ipv4,
@@ -154,5 +169,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("c.toml:5:"), "{err}");
+    }
+
+    #[test]
+    fn store_defaults_to_sqlite_and_rejects_unknown_schemes() {
+        let text = "data_dir = \"/tmp/x\"\npublic_urls = [\"https://10.0.0.1:8443\"]\n";
+        let cfg = CoordinatorConfig::parse("c.toml", text).unwrap();
+        assert_eq!(
+            cfg.store_location(),
+            StoreLocation::Sqlite("/tmp/x/state.db".into())
+        );
+        let pg = format!("store = \"postgres://seg@127.0.0.1:5432/segmesh\"\n{text}");
+        let cfg = CoordinatorConfig::parse("c.toml", &pg).unwrap();
+        assert!(matches!(cfg.store_location(), StoreLocation::Postgres(_)));
+        let bad = format!("store = \"mysql://db/segmesh\"\n{text}");
+        let err = CoordinatorConfig::parse("c.toml", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.toml:1:") && err.contains("postgres://"),
+            "{err}"
+        );
     }
 }

@@ -18,13 +18,11 @@ use crate::config::CoordinatorConfig;
 use crate::distribute::Distributor;
 use crate::metrics::Metrics;
 use crate::store::StoreError;
-use crate::store::sqlite::SqliteStore;
 
 /// Admin token file (plaintext, 0600, for the admin to copy and delete).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// What the coordinator keeps of the admin token.
 const ADMIN_HASH_FILE: &str = "admin.token.sha256";
-const DB_FILE: &str = "state.db";
 
 /// Why the coordinator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +103,10 @@ pub async fn prepare(
     let now = clock.now();
     let (ca, ca_created) = Ca::load_or_create(dir, now.unix)?;
     let (admin_token_sha256, admin_token_created) = admin_token(dir)?;
-    let store: Arc<dyn crate::store::Store> =
-        Arc::new(SqliteStore::open(&dir.join(DB_FILE)).await?);
+    let location = cfg.store_location();
+    tracing::info!(store = %location, "opening store");
+    let opened = crate::store::open(&location).await?;
+    let store = opened.store();
     let metrics = Arc::new(Metrics::default());
     let settings = Settings {
         public_urls: cfg.public_urls.clone(),

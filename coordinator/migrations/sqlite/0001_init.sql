@@ -1,5 +1,5 @@
--- segmesh coordinator state, SQLite flavour. A PostgreSQL twin lives in
--- migrations/postgres/ with the same tables and columns (issue 7).
+-- segmesh coordinator state, SQLite flavour. Its PostgreSQL twin lives in
+-- migrations/postgres/ with the same tables and columns.
 
 -- Enrolled nodes. Addresses stay UNIQUE for as long as the row exists, revoked
 -- or not, so an overlay address is never handed to a second node while the

@@ -3,14 +3,19 @@
 //! Every method is one transaction: a change and its audit-log row commit
 //! together or not at all, so a crash never leaves half an enrollment or an
 //! unaudited admin change. SQLite ([`sqlite::SqliteStore`]) is the embedded
-//! default; the trait is written so that a PostgreSQL implementation shared by
-//! several coordinators can follow (issue 7): no method relies on in-process
-//! locking, allocation happens inside the enrolling transaction and is backed
-//! by UNIQUE constraints, and versions are compared-and-set in SQL.
+//! default; PostgreSQL ([`postgres::PgStore`]) is shared by several
+//! coordinators. No method relies on in-process locking: writers are
+//! serialised by the database, allocation happens inside the enrolling
+//! transaction and is backed by UNIQUE constraints, and versions are
+//! compared-and-set in SQL. Both backends run the same queries ([`sql`]).
 
 pub mod alloc;
+mod location;
+pub mod postgres;
+pub mod scratch;
+mod sql;
+mod sql_rows;
 pub mod sqlite;
-mod sqlite_rows;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +25,29 @@ use segmesh_config::{Labels, NodeName, PublicKey};
 use serde::{Deserialize, Serialize};
 
 pub use alloc::Prefixes;
+pub use location::{Opened, StoreLocation, open};
+
+/// The embedded migrations of one backend, as a runtime [`Migrator`]
+/// (sqlx's `migrate!` macro needs the `macros` feature).
+///
+/// [`Migrator`]: sqlx::migrate::Migrator
+fn migrator(list: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr as _;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let migrations = list
+        .iter()
+        .map(|(v, d, sql)| {
+            Migration::new(
+                *v,
+                (*d).into(),
+                MigrationType::Simple,
+                (*sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}
 
 /// Unix time in seconds; the clock is injected by the caller.
 pub type UnixTime = i64;
