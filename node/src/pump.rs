@@ -80,6 +80,9 @@ impl Outputs {
     }
 }
 
+/// A started packet thread and the channel on which it reports its end.
+pub(crate) type Running = (JoinHandle<()>, oneshot::Receiver<io::Result<()>>);
+
 /// What both threads share.
 #[derive(Clone)]
 pub(crate) struct Pump {
@@ -93,7 +96,7 @@ pub(crate) struct Pump {
 impl Pump {
     /// Starts both threads. Each reports how it ended on its channel (an
     /// error only for a dead device or socket).
-    pub fn start(&self) -> io::Result<Vec<(JoinHandle<()>, oneshot::Receiver<io::Result<()>>)>> {
+    pub fn start(&self) -> io::Result<Vec<Running>> {
         let mut out = Vec::new();
         for (name, f) in [
             ("segmesh-tun", Pump::tun_loop as fn(&Pump) -> io::Result<()>),
