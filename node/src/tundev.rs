@@ -13,6 +13,11 @@ use ipnet::IpNet;
 use segmesh_config::{NetMap, NodeConfig};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
+/// Packets the kernel queues towards the node (tun's default is 500): a
+/// burst that arrives while the packet thread waits for a core is queued,
+/// not dropped (the harness counts these drops as `if_tx_dropped`).
+const TX_QUEUE_LEN: u32 = 1000;
+
 /// The address's prefix length on the TUN: that of the widest overlay
 /// prefix containing it, else a host route.
 pub fn prefix_for(addr: IpAddr, overlay: &[IpNet]) -> u8 {
@@ -89,6 +94,7 @@ fn build(config: &NodeConfig, map: &NetMap, offload: bool) -> anyhow::Result<Syn
     let mut b = DeviceBuilder::new()
         .name(name)
         .mtu(config.mtu)
+        .tx_queue_len(TX_QUEUE_LEN)
         .offload(offload);
     // The builder takes one IPv4 address; any others are added after.
     let first_v4 = layout.addresses.iter().find(|(a, _)| a.is_ipv4()).copied();
