@@ -6,6 +6,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cmd::run;
 
@@ -15,6 +16,7 @@ pub struct Lab {
     pub tag: String,
     hub: String,
     namespaces: Mutex<Vec<String>>,
+    closed: AtomicBool,
     dir: tempfile::TempDir,
 }
 
@@ -41,6 +43,7 @@ impl Lab {
             tag,
             hub: hub.clone(),
             namespaces: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
             dir,
         };
         lab.add_ns(&hub);
@@ -68,6 +71,10 @@ impl Lab {
     }
 
     fn add_ns(&self, ns: &str) {
+        // Under the lock, so a concurrent teardown either sees this
+        // namespace or runs first and refuses it.
+        let mut namespaces = self.namespaces.lock().expect("lab lock");
+        assert!(!self.closed.load(Ordering::SeqCst), "the lab was torn down");
         // A namespace of the same name can only be a leftover of a killed
         // run of this very test binary: remove it.
         let _ = std::process::Command::new("ip")
@@ -75,10 +82,8 @@ impl Lab {
             .stderr(std::process::Stdio::null())
             .status();
         run("ip", &["netns", "add", ns]);
-        self.namespaces
-            .lock()
-            .expect("lab lock")
-            .push(ns.to_string());
+        namespaces.push(ns.to_string());
+        drop(namespaces);
         run("ip", &["-n", ns, "link", "set", "lo", "up"]);
     }
 
@@ -130,10 +135,15 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let namespaces =
-            std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|e| e.into_inner()));
+impl Lab {
+    /// Kills every process in the lab's namespaces and deletes them (and the
+    /// lab's WireGuard UAPI sockets). Idempotent; [`Drop`] calls it, and a
+    /// signal handler may call it from another thread: a second call waits
+    /// until the first has finished, and no namespace is added afterwards.
+    pub fn teardown(&self) {
+        let mut guard = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        self.closed.store(true, Ordering::SeqCst);
+        let namespaces = std::mem::take(&mut *guard);
         for ns in namespaces.iter().rev() {
             // Processes keep a namespace alive after its name is deleted:
             // kill whatever this test left inside.
@@ -161,5 +171,11 @@ impl Drop for Lab {
                 }
             }
         }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
     }
 }

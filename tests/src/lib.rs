@@ -8,6 +8,7 @@
 //! test with a clear message otherwise.
 
 pub mod cmd;
+pub mod coord;
 pub mod lab;
 pub mod mesh;
 pub mod node;

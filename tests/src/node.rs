@@ -18,7 +18,8 @@ pub const WG_PORT: u16 = 51820;
 
 /// The path of a binary built from this workspace (`segmesh-node`,
 /// `segmeshctl`, `probe`): cargo puts workspace binaries in the target
-/// directory that holds the test executable (`target/debug/deps/..`).
+/// directory that holds the test executable (`target/debug/deps/..`) or the
+/// demo (`target/debug/segmesh-demo`).
 /// `SEGMESH_NODE_BIN` overrides the `segmesh-node` binary (e.g. to test a
 /// release build).
 pub fn bin_path(name: &str) -> PathBuf {
@@ -28,10 +29,15 @@ pub fn bin_path(name: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
+    // Test executables live in target/<profile>/deps, the demo binary in
+    // target/<profile> itself.
     let dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps");
+        .map(|d| match d.file_name() {
+            Some(n) if n == "deps" => d.parent().unwrap_or(d),
+            _ => d,
+        })
+        .expect("executable in target/<profile>");
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -6,13 +6,11 @@
 //! no secret shows up in any log.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::process::Output;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use segmesh_e2e::{Host, Lab, Proc, bin_path, probe, run, run_in, wait_until};
-use serde_json::Value;
+use segmesh_e2e::coord::{Coordinator, Member, all_synced, v4};
+use segmesh_e2e::{Lab, Proc, bin_path, probe, run, run_in, wait_until};
 
 const POLICY: &str = r#"
 [segments.web]
@@ -44,152 +42,11 @@ port = "tcp/5432"
 expect = "deny"
 "#;
 
-struct Coordinator {
-    host: Host,
-    data: PathBuf,
-    config: PathBuf,
-    url: String,
-}
-
-impl Coordinator {
-    fn start(&self, lab: &Lab, n: u32) -> Proc {
-        let p = Proc::spawn(
-            &format!("coordinator-{n}"),
-            Some(&self.host.ns),
-            lab.dir(),
-            &bin_path("segmesh-coordinator"),
-            &["serve", "--config", self.config.to_str().expect("utf-8")],
-        );
-        wait_until(Duration::from_secs(10), "coordinator serving", || {
-            p.stderr_text()
-                .contains("coordinator serving")
-                .then_some(())
-        });
-        p
-    }
-
-    /// Runs segmeshctl on the coordinator host; returns the output even on failure.
-    fn ctl(&self, args: &[&str]) -> Output {
-        let mut all: Vec<String> = args.iter().map(ToString::to_string).collect();
-        for (flag, v) in [
-            ("--url", self.url.clone()),
-            (
-                "--admin-token-file",
-                self.data.join("admin.token").display().to_string(),
-            ),
-            ("--ca-file", self.data.join("ca.pem").display().to_string()),
-        ] {
-            all.push(flag.into());
-            all.push(v);
-        }
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        run_in(
-            &self.host.ns,
-            bin_path("segmeshctl").to_str().expect("utf-8"),
-            &refs,
-        )
-    }
-
-    fn ctl_ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        assert!(
-            out.status.success(),
-            "segmeshctl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn nodes(&self) -> Vec<Value> {
-        let out = self.ctl_ok(&["nodes", "list", "--json"]);
-        serde_json::from_str::<Value>(&out).expect("nodes list --json")["nodes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| serde_json::from_str::<Vec<Value>>(&out).expect("array"))
-    }
-}
-
-struct Member {
-    host: Host,
-    state: PathBuf,
-    socket: PathBuf,
-    proc: Option<Proc>,
-}
-
-impl Member {
-    fn start(&mut self, lab: &Lab, iface: &str) {
-        let config = self.state.join("node.toml");
-        let p = Proc::spawn(
-            &format!(
-                "{}-{}",
-                self.host.name,
-                lab.dir().read_dir().map_or(0, Iterator::count)
-            ),
-            Some(&self.host.ns),
-            lab.dir(),
-            &bin_path("segmesh-node"),
-            &["run", "--config", config.to_str().expect("utf-8")],
-        );
-        let (ns, iface) = (self.host.ns.clone(), iface.to_string());
-        wait_until(
-            Duration::from_secs(10),
-            &format!("{} up", self.host.name),
-            || {
-                let up = std::process::Command::new("ip")
-                    .args(["-n", &ns, "link", "show", &iface])
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                (up && self.socket.exists()).then_some(())
-            },
-        );
-        self.proc = Some(p);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-}
-
-fn v4(nodes: &[Value], name: &str) -> IpAddr {
-    let n = nodes
-        .iter()
-        .find(|n| n["name"] == name)
-        .expect("node listed");
-    n["addr_v4"].as_str().expect("addr_v4").parse().expect("ip")
-}
-
-fn all_synced(nodes: &[Value]) -> bool {
-    nodes
-        .iter()
-        .filter(|n| n["revoked"] == false)
-        .all(|n| n["connected"] == true && n["acked_version"] == n["netmap_version"])
-}
-
 #[test]
 #[allow(clippy::disallowed_methods)] // the test measures real time
 fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
     let lab = Lab::new("coord");
-    let coord_host = lab.host("coord");
-    let data = lab.path("coord-data");
-    let config = lab.path("coordinator.toml");
-    let url = format!("https://{}:8443", coord_host.underlay);
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{}:8443\"\ndata_dir = {data:?}\npublic_urls = [\"{url}\"]\nheartbeat_secs = 2\n",
-            coord_host.underlay
-        ),
-    )
-    .expect("write coordinator.toml");
-    let coord = Coordinator {
-        host: coord_host,
-        data,
-        config,
-        url,
-    };
+    let coord = Coordinator::configure(&lab, lab.host("coord"));
     let mut coord_proc = coord.start(&lab, 1);
 
     std::fs::write(lab.path("policy.toml"), POLICY).expect("write policy");
@@ -199,67 +56,26 @@ fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
 
     let mut tokens = BTreeMap::new();
     for (role, labels, uses) in [
-        ("web", "role=web,env=prod", "2"),
-        ("api", "role=api", "1"),
-        ("db", "role=db", "1"),
-        ("ci", "role=ci", "1"),
+        ("web", "role=web,env=prod", 2),
+        ("api", "role=api", 1),
+        ("db", "role=db", 1),
+        ("ci", "role=ci", 1),
     ] {
-        let out = coord.ctl_ok(&[
-            "tokens",
-            "create",
-            "--labels",
-            labels,
-            "--name-prefix",
-            role,
-            "--ttl",
-            "10m",
-            "--uses",
-            uses,
-        ]);
-        tokens.insert(role, out.trim().to_string());
+        tokens.insert(role, coord.token(labels, role, uses));
     }
 
     let names = ["web-1", "web-2", "api-1", "db-1", "ci-1"];
     let mut members: BTreeMap<&str, Member> = BTreeMap::new();
-    let mut ifaces = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
-        let host = lab.host(name);
-        let state = lab.path(&format!("{name}-state"));
         let role = &name[..name.find('-').expect("dash")];
-        let out = run_in(
-            &host.ns,
-            bin_path("segmesh-node").to_str().expect("utf-8"),
-            &[
-                "join",
-                &tokens[role],
-                "--name",
-                name,
-                "--state-dir",
-                state.to_str().expect("utf-8"),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "join {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let iface = lab.iface(&format!("n{i}"));
-        let socket = lab.path(&format!("{name}.sock"));
-        let mut toml = std::fs::read_to_string(state.join("node.toml")).expect("node.toml");
-        toml.push_str(&format!(
-            "interface = \"{iface}\"\ncontrol_socket = {socket:?}\n"
-        ));
-        std::fs::write(state.join("node.toml"), toml).expect("node.toml");
-        ifaces.insert(*name, iface);
-        members.insert(
-            name,
-            Member {
-                host,
-                state,
-                socket,
-                proc: None,
-            },
-        );
+        let member = Member::join(
+            &lab,
+            lab.host(name),
+            &tokens[role],
+            &lab.iface(&format!("n{i}")),
+        )
+        .unwrap_or_else(|out| panic!("join {name}: {}", String::from_utf8_lossy(&out.stderr)));
+        members.insert(name, member);
     }
     // A single-use token cannot enroll a second node.
     let spare = lab.host("spare");
@@ -280,8 +96,7 @@ fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
     assert!(!lab.path("spare").exists(), "a refused join writes nothing");
 
     for name in names {
-        let iface = ifaces[name].clone();
-        members.get_mut(name).expect("member").start(&lab, &iface);
+        members.get_mut(name).expect("member").start(&lab);
     }
     wait_until(
         Duration::from_secs(10),
@@ -371,10 +186,9 @@ fn coordinated_mesh_enrolls_enforces_revokes_and_survives_outages() {
     // comes back from its cached netmap.
     coord_proc.kill();
     probe::connect_eventually(&members["web-1"].host.ns, db, Duration::from_secs(5));
-    let db_iface = ifaces["db-1"].clone();
     let dbm = members.get_mut("db-1").expect("db-1");
     dbm.stop();
-    dbm.start(&lab, &db_iface);
+    dbm.start(&lab);
     // web-1 still holds a session the restarted db-1 forgot; WireGuard's
     // rekey-on-silence (about 15 s) recovers it, as with wg-quick.
     let (_, took) =
