@@ -24,6 +24,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
+use crate::control::PlaneCommand;
 use crate::core::{ApplyError, Event, Node};
 use crate::flowlog::{FlowLog, FlowLogLimits};
 use crate::pump::{Outputs, Pump};
@@ -64,10 +65,16 @@ pub struct Settings {
     /// instead of being watched in `netmap_file`; each is answered once it
     /// is applied, so the control client acks only what is in force.
     pub feed: Option<NetmapFeed>,
+    /// Coordinator mode: where the control socket sends `rotate-key`.
+    pub rotator: ctlsock::Rotator,
 }
 
-/// In-process netmap updates, each with a channel for the apply result.
-pub type NetmapFeed = mpsc::Receiver<(NetMap, tokio::sync::oneshot::Sender<Result<(), String>>)>;
+/// In-process updates (netmaps, key rotations), each with a channel for the
+/// result.
+pub type NetmapFeed = mpsc::Receiver<(
+    PlaneCommand,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+)>;
 
 pub(crate) struct Shared {
     core: Mutex<Node>,
@@ -77,6 +84,9 @@ pub(crate) struct Shared {
     /// times through it, so a handshake's reported time never jitters
     /// between two `status` calls.
     anchor: (Instant, u64),
+    /// Wakes the timer task to send what the core queued outside a packet
+    /// or timer turn (the handshakes that follow a key rotation).
+    wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -212,6 +222,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         interface: cfg.interface.to_string(),
         listen_port,
         anchor: (t0, wall_ms()),
+        wake: tokio::sync::Notify::new(),
     });
     let ctl_path = cfg
         .control_socket
@@ -281,8 +292,13 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let source: Arc<dyn StatusSource> = shared.clone();
     tasks.spawn({
         let source = source.clone();
-        async move { ctlsock::run(ctl, source).await.map_err(anyhow::Error::from) }
-            .instrument(span.clone())
+        let rotator = s.rotator.clone();
+        async move {
+            ctlsock::run(ctl, source, rotator)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        .instrument(span.clone())
     });
     if let Some(l) = uapi_listener {
         tasks.spawn(
@@ -324,7 +340,10 @@ async fn timer_task(p: Pump) -> anyhow::Result<()> {
             .lock()
             .poll_timeout()
             .unwrap_or_else(|| now() + Duration::from_secs(1));
-        tokio::time::sleep_until(next.into()).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next.into()) => {}
+            () = p.shared.wake.notified() => {}
+        }
         {
             let mut core = p.shared.lock();
             core.handle_timeout(now());
@@ -418,11 +437,28 @@ impl Applier {
     }
 }
 
-/// Coordinator mode: applies each netmap from the control client and
-/// answers with the result.
+impl Applier {
+    /// Switches the core to a new key; the handshakes it queued for live
+    /// peers leave at once (the timer task is woken to send them).
+    fn rotate_key(&mut self, secret: [u8; 32]) {
+        let key = self.shared.lock().rotate_key(now(), secret);
+        self.current.node.public_key = key;
+        self.shared.wake.notify_one();
+        tracing::info!(public_key = %key, "WireGuard key switched; re-handshaking live peers");
+    }
+}
+
+/// Coordinator mode: applies each netmap or key rotation from the control
+/// client and answers with the result.
 async fn feed_task(mut applier: Applier, mut feed: NetmapFeed) -> anyhow::Result<()> {
-    while let Some((map, reply)) = feed.recv().await {
-        let answer = applier.apply(map).map_err(|e| e.to_string());
+    while let Some((cmd, reply)) = feed.recv().await {
+        let answer = match cmd {
+            PlaneCommand::Apply(map) => applier.apply(map).map_err(|e| e.to_string()),
+            PlaneCommand::RotateKey(secret) => {
+                applier.rotate_key(*secret);
+                Ok(())
+            }
+        };
         let _ = reply.send(answer);
     }
     // The control client is gone: keep forwarding with the last netmap.
