@@ -3,6 +3,7 @@
 
 mod adversaries;
 mod coordinated;
+mod dataplane;
 mod ha;
 mod harness;
 mod interop;
