@@ -4,7 +4,6 @@
 mod adversaries;
 mod coordinated;
 mod dataplane;
-mod ha;
 mod harness;
 mod interop;
 mod reload;
