@@ -57,6 +57,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Docs(segmesh_config::cli_docs::DocsCommand),
 }
 
 /// Parses a base64 private key (as `wg genkey` writes it).
@@ -189,6 +191,7 @@ pub fn main() -> anyhow::Result<()> {
             socket,
             json,
         } => status(config.as_deref(), socket, json)?,
+        Command::Docs(docs) => docs.run(<Cli as clap::CommandFactory>::command())?,
     }
     Ok(())
 }

@@ -34,6 +34,8 @@ enum Command {
         )]
         config: PathBuf,
     },
+    #[command(flatten)]
+    Docs(segmesh_config::cli_docs::DocsCommand),
 }
 
 fn main() {
@@ -43,17 +45,23 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    let result = match cli.command {
+        Command::Serve { config } => run(config),
+        Command::Docs(docs) => docs
+            .run(<Cli as clap::CommandFactory>::command())
+            .map_err(Into::into),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 #[tokio::main]
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Serve { config } = cli.command;
+async fn run(config: PathBuf) -> anyhow::Result<()> {
     let cfg = CoordinatorConfig::load(&config)?;
     let prepared = prepare(&cfg, Arc::new(SystemClock))
         .await
