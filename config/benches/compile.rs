@@ -7,6 +7,9 @@
 //! excludes a zone), about 50 nodes each. Rules connect random segment
 //! pairs (deterministic LCG) with random ports; 15% are denies, a few deny
 //! from "*". Each node ends up with a few hundred peers.
+//!
+//! Times are the benchmark thread's CPU time (see `support/cpu_time.rs`),
+//! so that a busy build machine does not distort them.
 
 #![allow(clippy::unwrap_used)] // benchmark setup: a panic is the report
 
@@ -14,6 +17,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "support/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::CpuTime;
 use segmesh_config::compile::Compiler;
 use segmesh_config::{Inventory, InventoryNode, Labels, NodeName, Policy, PublicKey};
 
@@ -120,7 +127,7 @@ fn policy() -> Policy {
     Policy::parse("bench.toml", &t).unwrap()
 }
 
-fn benches(c: &mut Criterion) {
+fn benches(c: &mut Criterion<CpuTime>) {
     let inv = inventory();
     let pol = policy();
     let compiler = Compiler::new(&inv, &pol);
@@ -178,5 +185,9 @@ fn benches(c: &mut Criterion) {
     eprintln!("one relabel touches {} netmaps", inc.upsert_node(b).len());
 }
 
-criterion_group!(compile, benches);
+criterion_group! {
+    name = compile;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = benches
+}
 criterion_main!(compile);

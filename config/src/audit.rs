@@ -160,8 +160,8 @@ pub fn audit_netmap(
                 ));
             }
         }
-        let mut gi = g.allowed_ips.clone();
-        let mut wi = w.allowed_ips.clone();
+        let mut gi = g.allowed_ips.to_vec();
+        let mut wi = w.allowed_ips.to_vec();
         gi.sort();
         wi.sort();
         if gi != wi {

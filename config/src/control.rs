@@ -345,7 +345,7 @@ mod delta_tests {
     fn peer(k: u8, port: &str) -> Peer {
         Peer {
             public_key: PublicKey::from_bytes([k; 32]),
-            allowed_ips: vec![format!("100.80.0.{k}/32").parse().unwrap()],
+            allowed_ips: vec![format!("100.80.0.{k}/32").parse().unwrap()].into(),
             outbound: serde_json::from_str(&format!("[\"{port}\"]")).unwrap(),
             inbound: PortSet::empty(),
             name: Some(NodeName::new(format!("n-{k}")).unwrap()),

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -30,9 +31,13 @@ pub enum IdentityError {
 }
 
 /// A node's unique name, e.g. `web-1`.
+///
+/// Shared (`Arc<str>`): a name is copied into every netmap that reveals the
+/// node (hundreds each), so a clone must be a reference count, not an
+/// allocation.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct NodeName(String);
+pub struct NodeName(Arc<str>);
 
 impl NodeName {
     /// Validates and wraps a name.
@@ -45,7 +50,7 @@ impl NodeName {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
             });
         if ok {
-            Ok(Self(s))
+            Ok(Self(Arc::from(s)))
         } else {
             Err(IdentityError::BadName(s))
         }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -52,11 +53,15 @@ pub struct SelfNode {
 /// peer that may only contact us is known by key and overlay addresses alone,
 /// which is what WireGuard needs to accept it; its endpoint is learned from
 /// its handshake.
+///
+/// The list and map fields are shared (`Arc`): the compiler puts the same
+/// peer into hundreds of netmaps, and copying them per netmap made a full
+/// compile allocation-bound (docs/benchmarks.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub public_key: PublicKey,
     /// The peer's overlay addresses as /32 or /128 networks.
-    pub allowed_ips: Vec<IpNet>,
+    pub allowed_ips: Arc<[IpNet]>,
     /// What this node may open to the peer.
     pub outbound: PortSet,
     /// What the peer may open to this node.
@@ -64,9 +69,9 @@ pub struct Peer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<NodeName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Labels>,
+    pub labels: Option<Arc<Labels>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoints: Option<Vec<SocketAddr>>,
+    pub endpoints: Option<Arc<[SocketAddr]>>,
 }
 
 /// Why a netmap document was rejected.
@@ -125,7 +130,7 @@ impl NetMap {
             if p.outbound.is_empty() && hidden {
                 return Err(NetMapError::NeedToKnow(p.public_key));
             }
-            for net in &p.allowed_ips {
+            for net in p.allowed_ips.iter() {
                 if nets.iter().any(|n| n.contains(net) || net.contains(n)) {
                     return Err(NetMapError::Overlap {
                         peer: p.public_key,
@@ -165,7 +170,7 @@ mod tests {
             overlay: vec!["100.80.0.0/16".parse().unwrap()],
             peers: vec![Peer {
                 public_key: key(2),
-                allowed_ips: vec!["100.80.0.1/32".parse().unwrap()],
+                allowed_ips: vec!["100.80.0.1/32".parse().unwrap()].into(),
                 outbound: PortSet::empty(),
                 inbound: serde_json::from_str(r#"["tcp/8080"]"#).unwrap(),
                 name: None,
@@ -187,7 +192,7 @@ mod tests {
         bad.peers.push(bad.peers[0].clone());
         assert!(matches!(bad.validate(), Err(NetMapError::DuplicatePeer(_))));
         let mut bad = m.clone();
-        bad.peers[0].allowed_ips = vec!["100.80.0.0/24".parse().unwrap()];
+        bad.peers[0].allowed_ips = vec!["100.80.0.0/24".parse().unwrap()].into();
         assert!(matches!(bad.validate(), Err(NetMapError::Overlap { .. })));
         let mut bad = m;
         bad.format = 9;

@@ -139,17 +139,14 @@ impl<'de> Deserialize<'de> for PortSpec {
 }
 
 /// Sorted, disjoint, non-adjacent inclusive ranges over 0..=65535.
-///
-/// Shared (`Arc`) because sets are built once and cloned into every peer
-/// entry of every netmap: a clone is a reference count, not an allocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-struct Ranges(Arc<[(u16, u16)]>);
+struct Ranges(Vec<(u16, u16)>);
 
 impl Ranges {
     const FULL: (u16, u16) = (0, u16::MAX);
 
     fn full() -> Self {
-        Ranges(Arc::from([Self::FULL]))
+        Ranges(vec![Self::FULL])
     }
 
     fn is_full(&self) -> bool {
@@ -157,39 +154,37 @@ impl Ranges {
     }
 
     /// Sorts and merges overlapping or adjacent ranges.
-    fn normalized(mut all: Vec<(u16, u16)>) -> Self {
-        all.sort_unstable();
-        let mut out: Vec<(u16, u16)> = Vec::with_capacity(all.len());
-        for (a, b) in all {
+    fn normalize(&mut self) {
+        self.0.sort_unstable();
+        let mut out: Vec<(u16, u16)> = Vec::with_capacity(self.0.len());
+        for &(a, b) in &self.0 {
             match out.last_mut() {
                 Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
                 _ => out.push((a, b)),
             }
         }
-        Ranges(Arc::from(out))
+        self.0 = out;
     }
 
     fn insert(&mut self, r: (u16, u16)) {
-        let mut all = self.0.to_vec();
-        all.push(r);
-        *self = Self::normalized(all);
+        self.0.push(r);
+        self.normalize();
     }
 
     fn union(&mut self, other: &Ranges) {
         if other.0.is_empty() {
             return;
         }
-        let mut all = self.0.to_vec();
-        all.extend_from_slice(&other.0);
-        *self = Self::normalized(all);
+        self.0.extend_from_slice(&other.0);
+        self.normalize();
     }
 
     fn subtract(&mut self, other: &Ranges) {
         if other.0.is_empty() || self.0.is_empty() {
             return;
         }
-        let mut cur: Vec<(u16, u16)> = self.0.to_vec();
-        for &(da, db) in other.0.iter() {
+        let mut cur = std::mem::take(&mut self.0);
+        for &(da, db) in &other.0 {
             let mut next = Vec::with_capacity(cur.len() + 1);
             for (a, b) in cur {
                 if db < a || da > b {
@@ -205,7 +200,7 @@ impl Ranges {
             }
             cur = next;
         }
-        self.0 = Arc::from(cur);
+        self.0 = cur;
     }
 
     fn contains(&self, p: u16) -> bool {
@@ -213,13 +208,31 @@ impl Ranges {
     }
 }
 
-/// A canonical set of protocol/port pairs: what one node may open to another.
+/// The contents of a [`PortSet`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct PortSet {
+struct Sets {
     tcp: Ranges,
     udp: Ranges,
     icmp: bool,
     other: bool,
+}
+
+/// A canonical set of protocol/port pairs: what one node may open to another.
+///
+/// Shared behind one thin `Arc`: sets are built once per class pair and
+/// cloned into every peer entry of every netmap (millions in a large mesh),
+/// so a clone must be one reference count and the handle one word.
+/// Mutation copies on write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PortSet(Arc<Sets>);
+
+impl Default for PortSet {
+    fn default() -> Self {
+        static EMPTY: std::sync::OnceLock<PortSet> = std::sync::OnceLock::new();
+        EMPTY
+            .get_or_init(|| PortSet(Arc::new(Sets::default())))
+            .clone()
+    }
 }
 
 impl PortSet {
@@ -230,17 +243,18 @@ impl PortSet {
 
     /// Every protocol and port.
     pub fn any() -> Self {
-        Self {
+        Self(Arc::new(Sets {
             tcp: Ranges::full(),
             udp: Ranges::full(),
             icmp: true,
             other: true,
-        }
+        }))
     }
 
     /// True when nothing is in the set.
     pub fn is_empty(&self) -> bool {
-        self.tcp.0.is_empty() && self.udp.0.is_empty() && !self.icmp && !self.other
+        let s = &*self.0;
+        s.tcp.0.is_empty() && s.udp.0.is_empty() && !s.icmp && !s.other
     }
 
     /// Builds a set from a list of specs.
@@ -254,39 +268,57 @@ impl PortSet {
 
     /// Adds one spec.
     pub fn insert(&mut self, spec: PortSpec) {
+        if spec == PortSpec::Any {
+            *self = Self::any();
+            return;
+        }
+        let s = Arc::make_mut(&mut self.0);
         match spec {
-            PortSpec::Any => *self = Self::any(),
-            PortSpec::Proto(Proto::Tcp, r) => self.tcp.insert(r.unwrap_or(Ranges::FULL)),
-            PortSpec::Proto(Proto::Udp, r) => self.udp.insert(r.unwrap_or(Ranges::FULL)),
-            PortSpec::Proto(Proto::Icmp, _) => self.icmp = true,
-            PortSpec::Proto(Proto::Other, _) => self.other = true,
+            PortSpec::Any => {}
+            PortSpec::Proto(Proto::Tcp, r) => s.tcp.insert(r.unwrap_or(Ranges::FULL)),
+            PortSpec::Proto(Proto::Udp, r) => s.udp.insert(r.unwrap_or(Ranges::FULL)),
+            PortSpec::Proto(Proto::Icmp, _) => s.icmp = true,
+            PortSpec::Proto(Proto::Other, _) => s.other = true,
         }
     }
 
     /// `self ∪= other`.
     pub fn union_with(&mut self, other: &PortSet) {
-        self.tcp.union(&other.tcp);
-        self.udp.union(&other.udp);
-        self.icmp |= other.icmp;
-        self.other |= other.other;
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        let (s, o) = (Arc::make_mut(&mut self.0), &*other.0);
+        s.tcp.union(&o.tcp);
+        s.udp.union(&o.udp);
+        s.icmp |= o.icmp;
+        s.other |= o.other;
     }
 
     /// `self −= other`.
     pub fn subtract(&mut self, other: &PortSet) {
-        self.tcp.subtract(&other.tcp);
-        self.udp.subtract(&other.udp);
-        self.icmp &= !other.icmp;
-        self.other &= !other.other;
+        if other.is_empty() || self.is_empty() {
+            return;
+        }
+        let (s, o) = (Arc::make_mut(&mut self.0), &*other.0);
+        s.tcp.subtract(&o.tcp);
+        s.udp.subtract(&o.udp);
+        s.icmp &= !o.icmp;
+        s.other &= !o.other;
     }
 
     /// True when a new flow of this IP protocol number and destination port
     /// (ignored for protocols without ports) is in the set.
     pub fn allows(&self, ip_proto: u8, dst_port: u16) -> bool {
+        let s = &*self.0;
         match Proto::from_ip_proto(ip_proto) {
-            Proto::Tcp => self.tcp.contains(dst_port),
-            Proto::Udp => self.udp.contains(dst_port),
-            Proto::Icmp => self.icmp,
-            Proto::Other => self.other,
+            Proto::Tcp => s.tcp.contains(dst_port),
+            Proto::Udp => s.udp.contains(dst_port),
+            Proto::Icmp => s.icmp,
+            Proto::Other => s.other,
         }
     }
 
@@ -300,21 +332,22 @@ impl PortSet {
     /// The canonical list of specs, in a fixed order: `any`, or tcp ranges,
     /// udp ranges, icmp, other.
     pub fn to_specs(&self) -> Vec<PortSpec> {
-        if self.tcp.is_full() && self.udp.is_full() && self.icmp && self.other {
+        let s = &*self.0;
+        if s.tcp.is_full() && s.udp.is_full() && s.icmp && s.other {
             return vec![PortSpec::Any];
         }
         let mut out = Vec::new();
-        for (proto, ranges) in [(Proto::Tcp, &self.tcp), (Proto::Udp, &self.udp)] {
+        for (proto, ranges) in [(Proto::Tcp, &s.tcp), (Proto::Udp, &s.udp)] {
             if ranges.is_full() {
                 out.push(PortSpec::Proto(proto, None));
             } else {
                 out.extend(ranges.0.iter().map(|&r| PortSpec::Proto(proto, Some(r))));
             }
         }
-        if self.icmp {
+        if s.icmp {
             out.push(PortSpec::Proto(Proto::Icmp, None));
         }
-        if self.other {
+        if s.other {
             out.push(PortSpec::Proto(Proto::Other, None));
         }
         out

@@ -23,7 +23,7 @@ fn netmap(version: u64, keys: &[u8]) -> NetMap {
             .iter()
             .map(|k| Peer {
                 public_key: PublicKey::from_bytes([*k; 32]),
-                allowed_ips: vec![format!("100.81.0.{k}/32").parse().unwrap()],
+                allowed_ips: vec![format!("100.81.0.{k}/32").parse().unwrap()].into(),
                 outbound: PortSet::empty(),
                 inbound: PortSet::empty(),
                 name: None,

@@ -236,7 +236,7 @@ proptest! {
                 prop_assert_eq!(q.endpoints.is_some(), reveal);
                 if reveal {
                     prop_assert_eq!(q.name.as_ref(), Some(&b.name));
-                    prop_assert_eq!(q.endpoints.as_ref(), Some(&b.endpoints));
+                    prop_assert_eq!(q.endpoints.as_deref(), Some(b.endpoints.as_slice()));
                 }
             }
         }
@@ -285,7 +285,7 @@ proptest! {
         stranger.public_key = PublicKey::from_bytes([0xEE; 32]);
         m.peers.push(segmesh_config::Peer {
             public_key: stranger.public_key,
-            allowed_ips: vec!["100.99.0.1/32".parse().unwrap()],
+            allowed_ips: vec!["100.99.0.1/32".parse().unwrap()].into(),
             outbound: PortSet::empty(),
             inbound: PortSet::any(),
             name: None, labels: None, endpoints: None,
@@ -300,6 +300,19 @@ proptest! {
                 q.inbound.union_with(&add);
                 prop_assert!(!audit_all(&maps, &wider, &names).is_empty());
             }
+        }
+    }
+
+    /// The whole-mesh compile (built class by class) equals building each
+    /// node's netmap on its own.
+    #[test]
+    fn netmaps_equal_single_netmaps((inv, p) in case()) {
+        let c = Compiler::new(&inv, &p);
+        let maps = c.netmaps();
+        prop_assert_eq!(maps.len(), inv.nodes.len());
+        for n in &inv.nodes {
+            let single = c.netmap(&n.name);
+            prop_assert_eq!(maps.get(&n.name), single.as_ref());
         }
     }
 

@@ -160,8 +160,8 @@ fn need_to_know_contents() {
     let api1 = inv.node("api-1").unwrap();
     let peer = web1.peer(&api1.public_key).unwrap();
     assert_eq!(peer.name.as_ref(), Some(&api1.name));
-    assert_eq!(peer.labels.as_ref(), Some(&api1.labels));
-    assert_eq!(peer.endpoints.as_ref(), Some(&api1.endpoints));
+    assert_eq!(peer.labels.as_deref(), Some(&api1.labels));
+    assert_eq!(peer.endpoints.as_deref(), Some(api1.endpoints.as_slice()));
     let ips: Vec<String> = peer.allowed_ips.iter().map(ToString::to_string).collect();
     assert_eq!(ips, ["100.80.0.4/32", "fd5e:6d00::4/128"]);
     // api-1 only learns web-1's key and addresses, nothing else.

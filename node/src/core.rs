@@ -611,7 +611,7 @@ impl Node {
                     public_key: p.key,
                     name: p.name.clone(),
                     endpoint: p.endpoint,
-                    allowed_ips: p.allowed_ips.clone(),
+                    allowed_ips: p.allowed_ips.to_vec(),
                     since_handshake: p.tunnel.since_handshake(now),
                     rx_bytes: rx,
                     tx_bytes: tx,

@@ -30,11 +30,11 @@ const INDEX_MASK: u32 = 0x00ff_ffff;
 pub struct PeerState {
     pub key: PublicKey,
     pub name: Option<NodeName>,
-    pub allowed_ips: Vec<IpNet>,
+    pub allowed_ips: Arc<[IpNet]>,
     pub outbound: PortSet,
     pub inbound: PortSet,
     /// Endpoints from the netmap; empty for an inbound-only peer.
-    pub configured: Vec<SocketAddr>,
+    pub configured: Arc<[SocketAddr]>,
     /// Where datagrams go: learned from authenticated packets, else the
     /// first configured endpoint, else unknown (never initiated to).
     pub endpoint: Option<SocketAddr>,
@@ -189,7 +189,7 @@ impl PeerTable {
         self.hosts.clear();
         self.nets.clear();
         for (key, p) in &self.peers {
-            for net in &p.allowed_ips {
+            for net in p.allowed_ips.iter() {
                 if net.prefix_len() == net.max_prefix_len() {
                     self.hosts.insert(net.addr(), *key);
                 } else {
@@ -257,12 +257,12 @@ mod tests {
             public_key: PublicKey::from_bytes(
                 x25519::PublicKey::from(&x25519::StaticSecret::from([b; 32])).to_bytes(),
             ),
-            allowed_ips: vec![ip.parse().unwrap()],
+            allowed_ips: vec![ip.parse().unwrap()].into(),
             outbound: PortSet::any(),
             inbound: PortSet::empty(),
             name: None,
             labels: None,
-            endpoints,
+            endpoints: endpoints.map(Into::into),
         }
     }
 

@@ -32,12 +32,13 @@ fn node() -> (Node, Instant) {
             allowed_ips: vec![
                 "100.64.0.2/32".parse().unwrap(),
                 "fd00::2/128".parse().unwrap(),
-            ],
+            ]
+            .into(),
             outbound: PortSet::any(),
             inbound: PortSet::any(),
             name: None,
             labels: None,
-            endpoints: Some(vec!["192.0.2.2:51820".parse().unwrap()]),
+            endpoints: Some(vec!["192.0.2.2:51820".parse().unwrap()].into()),
         }],
     };
     n.apply_netmap(now, &map).unwrap();

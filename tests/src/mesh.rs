@@ -136,7 +136,7 @@ pub fn peer(
         inbound: ports(inbound),
         name: known.then(|| name.parse().expect("peer name")),
         labels: None,
-        endpoints: endpoint.filter(|_| known).map(|e| vec![e]),
+        endpoints: endpoint.filter(|_| known).map(|e| [e].into()),
     }
 }
 

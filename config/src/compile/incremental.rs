@@ -38,7 +38,7 @@ impl Compiler {
         let i = self.place(node);
         let new_views = self.views_of(i);
         let mut changes = self.peer_changes(old_views, new_views);
-        if let Some(map) = self.netmap_of(i, None) {
+        if let Some(map) = self.netmap_of(i) {
             changes.nodes.insert(name, NodeUpdate::Full(map));
         }
         changes

@@ -26,10 +26,12 @@ mod delta;
 mod incremental;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::identity::{NodeName, PublicKey};
+use crate::identity::{Labels, NodeName, PublicKey};
 use crate::inventory::{Inventory, InventoryNode};
 use crate::netmap::{NETMAP_FORMAT, NetMap, Peer, SelfNode};
 use crate::policy::{Action, Membership, Policy, Targets};
@@ -83,7 +85,10 @@ struct Class {
 #[derive(Debug, Clone)]
 struct Slot {
     node: InventoryNode,
-    allowed_ips: Vec<IpNet>,
+    /// What netmaps share of this node (built once, cloned by reference).
+    allowed_ips: Arc<[IpNet]>,
+    labels: Arc<Labels>,
+    endpoints: Arc<[SocketAddr]>,
     class: usize,
 }
 
@@ -276,8 +281,10 @@ impl Compiler {
         let allowed_ips = node.addresses.iter().map(|a| IpNet::from(*a)).collect();
         let name = node.name.clone();
         let slot = Slot {
-            node,
             allowed_ips,
+            labels: Arc::new(node.labels.clone()),
+            endpoints: Arc::from(node.endpoints.as_slice()),
+            node,
             class,
         };
         let i = match self.free.pop() {
@@ -332,37 +339,32 @@ impl Compiler {
             outbound: outbound.clone(),
             inbound: inbound.clone(),
             name: reveal.then(|| j.node.name.clone()),
-            labels: reveal.then(|| j.node.labels.clone()),
-            endpoints: reveal.then(|| j.node.endpoints.clone()),
+            labels: reveal.then(|| Arc::clone(&j.labels)),
+            endpoints: reveal.then(|| Arc::clone(&j.endpoints)),
         }
     }
 
-    /// Builds one netmap. `rank` (slot -> position in key order), when
-    /// given, replaces 32-byte key comparisons in the sort.
-    fn netmap_of(&self, i: usize, rank: Option<&[u32]>) -> Option<NetMap> {
+    /// Builds one node's netmap, peers sorted by key.
+    fn netmap_of(&self, i: usize) -> Option<NetMap> {
         let me = self.slot(i)?;
-        // Sort small (order, slot, ports) tuples, not finished peers: a Peer
-        // is a few hundred bytes and moving it dominated the sort.
-        let mut order: Vec<(u32, &Slot, &PortSet, &PortSet)> = self
+        // Sort small (slot, ports) tuples, not finished peers: a Peer is
+        // about a hundred bytes and moving it dominated the sort.
+        let mut order: Vec<(&Slot, &PortSet, &PortSet)> = self
             .peers_of(i)
             .into_iter()
-            .filter_map(|(j, o, n)| {
-                let r = rank.and_then(|r| r.get(j).copied()).unwrap_or(0);
-                self.slot(j).map(|s| (r, s, o, n))
-            })
+            .filter_map(|(j, o, n)| self.slot(j).map(|s| (s, o, n)))
             .collect();
-        if rank.is_some() {
-            order.sort_unstable_by_key(|t| t.0);
-        } else {
-            order.sort_unstable_by_key(|t| t.1.node.public_key);
-        }
-        let mut peers = Vec::with_capacity(order.len());
-        peers.extend(
-            order
-                .into_iter()
-                .map(|(_, s, o, n)| self.peer_entry(s, o, n)),
-        );
-        Some(NetMap {
+        order.sort_unstable_by_key(|t| t.0.node.public_key);
+        let peers = order
+            .into_iter()
+            .map(|(s, o, n)| self.peer_entry(s, o, n))
+            .collect();
+        Some(self.netmap_with(me, peers))
+    }
+
+    /// A netmap for `me` with these (sorted) peers.
+    fn netmap_with(&self, me: &Slot, peers: Vec<Peer>) -> NetMap {
+        NetMap {
             format: NETMAP_FORMAT,
             version: 0,
             node: SelfNode {
@@ -373,20 +375,54 @@ impl Compiler {
             },
             overlay: self.overlay.clone(),
             peers,
-        })
+        }
     }
 
     /// One node's netmap (version 0).
     pub fn netmap(&self, name: &NodeName) -> Option<NetMap> {
-        self.netmap_of(*self.by_name.get(name)?, None)
+        self.netmap_of(*self.by_name.get(name)?)
     }
 
     /// Every node's netmap (version 0).
     ///
-    /// Single-threaded on purpose: building netmaps is allocation-bound,
-    /// and with glibc's per-thread arenas two threads measured 5x slower
-    /// than one (docs/benchmarks.md).
+    /// Works class by class: members of one class have the same peers
+    /// (minus themselves) with the same ports, so the sorted peer list is
+    /// built once per class and copied per member. Copying from one hot
+    /// template keeps the shared reference counts in cache; building each
+    /// netmap from scattered slots was cache-miss-bound (docs/benchmarks.md).
+    /// Single-threaded on purpose: every netmap clones the same `Arc`s, and
+    /// two threads bouncing those counters between cores were slower than one.
     pub fn netmaps(&self) -> BTreeMap<NodeName, NetMap> {
+        let rank = self.key_ranks();
+        let mut out = BTreeMap::new();
+        let empty = empty_set();
+        for (c, class) in self.classes.iter().enumerate() {
+            if class.members.is_empty() {
+                continue;
+            }
+            let mut template: Vec<(u32, usize, Peer)> = Vec::new();
+            for &b in &class.related {
+                let outbound = self.pairs.get(&(c, b)).unwrap_or(empty);
+                let inbound = self.pairs.get(&(b, c)).unwrap_or(empty);
+                for &j in &self.classes[b].members {
+                    if let Some(s) = self.slot(j) {
+                        template.push((rank[j], j, self.peer_entry(s, outbound, inbound)));
+                    }
+                }
+            }
+            template.sort_unstable_by_key(|t| t.0);
+            for &i in &class.members {
+                let Some(me) = self.slot(i) else { continue };
+                let mut peers = Vec::with_capacity(template.len());
+                peers.extend(template.iter().filter(|t| t.1 != i).map(|t| t.2.clone()));
+                out.insert(me.node.name.clone(), self.netmap_with(me, peers));
+            }
+        }
+        out
+    }
+
+    /// Position of every slot in public-key order (the netmap peer order).
+    fn key_ranks(&self) -> Vec<u32> {
         let mut by_key: Vec<(&PublicKey, usize)> = self
             .slots
             .iter()
@@ -398,10 +434,7 @@ impl Compiler {
         for (r, (_, i)) in by_key.into_iter().enumerate() {
             rank[i] = u32::try_from(r).unwrap_or(u32::MAX);
         }
-        self.by_name
-            .iter()
-            .filter_map(|(n, &i)| Some((n.clone(), self.netmap_of(i, Some(&rank))?)))
-            .collect()
+        rank
     }
 
     /// Every ordered pair of nodes with what the first may open to the second.

@@ -71,7 +71,7 @@ mod tests {
     fn peer(k: u8, name: Option<&str>, ip: &str) -> Peer {
         Peer {
             public_key: key(k),
-            allowed_ips: vec![ip.parse().unwrap()],
+            allowed_ips: vec![ip.parse().unwrap()].into(),
             outbound: PortSet::empty(),
             inbound: PortSet::empty(),
             name: name.map(|n| NodeName::new(n).unwrap()),

@@ -131,7 +131,7 @@ impl Sim {
                 let o = &self.nodes[self.idx(other)];
                 let e = peers.entry(public(o.secret)).or_insert_with(|| Peer {
                     public_key: public(o.secret),
-                    allowed_ips: vec![IpNet::from(o.v4), IpNet::from(o.v6)],
+                    allowed_ips: vec![IpNet::from(o.v4), IpNet::from(o.v6)].into(),
                     outbound: PortSet::empty(),
                     inbound: PortSet::empty(),
                     name: None,
@@ -141,7 +141,7 @@ impl Sim {
                 if outbound {
                     e.outbound.union_with(&ports(p));
                     e.name = Some(NodeName::new(other).unwrap());
-                    e.endpoints = Some(vec![o.udp]);
+                    e.endpoints = Some(vec![o.udp].into());
                 } else {
                     e.inbound.union_with(&ports(p));
                 }
