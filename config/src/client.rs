@@ -246,6 +246,16 @@ impl HttpsClient {
         })
     }
 
+    /// The same endpoint without the kept-alive connection: a request on it
+    /// opens a new one, so a `Connect` error proves the request never left
+    /// (non-idempotent calls rely on that).
+    pub fn fresh(&self) -> Self {
+        Self {
+            idle: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// The base URL.
     pub fn url(&self) -> &str {
         &self.url

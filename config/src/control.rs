@@ -225,10 +225,19 @@ pub struct RotateKeyRequest {
     pub public_key: PublicKey,
 }
 
-/// Reply to a key rotation: the node's netmap version carrying the new key.
+/// Reply to a key rotation: the node's netmap version carrying the new key,
+/// and how many of the peers it was pushed to applied it before the reply
+/// (the coordinator waits for their acks, bounded by its ack timeout, so a
+/// node that switches keys on this reply finds its peers ready).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotateKeyResponse {
     pub version: u64,
+    #[serde(default)]
+    pub peers_acked: usize,
+    #[serde(default)]
+    pub peers_total: usize,
+    #[serde(default)]
+    pub elapsed_ms: u64,
 }
 
 /// Error body of every non-2xx API reply.

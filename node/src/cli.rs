@@ -45,6 +45,20 @@ pub enum Command {
         )]
         config: PathBuf,
     },
+    /// Replace the WireGuard key of a running, enrolled node: the node
+    /// generates the key, the coordinator hands it to the peers, the node
+    /// switches once they have it (one handshake's worth of interruption).
+    RotateKey {
+        /// Find the control socket through this config file.
+        #[arg(long, env = "SEGMESH_NODE_CONFIG", conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The control socket (default: the one of interface segmesh0).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show peers, endpoints, handshakes, bytes and drops of a running node.
     Status {
         /// Find the control socket through this config file.
@@ -129,6 +143,11 @@ fn init_logging() {
 
 fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = NodeConfig::load(config_path)?;
+    let coordinated = control::cli::coordinator_state(config_path);
+    if let Some(dir) = &coordinated {
+        // A key rotation cut short by a crash is finished before the key is read.
+        control::rotate::recover(dir).context("finishing an interrupted key rotation")?;
+    }
     let secret = read_private_key(&config.private_key_file)?;
     let threads = config
         .threads
@@ -144,16 +163,19 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path: config_path.to_path_buf(),
         secret,
         feed: None,
+        rotator: None,
     };
     // Coordinator mode when `segmesh-node join` wrote this config.
-    match control::cli::coordinator_state(config_path) {
+    match coordinated {
         Some(dir) => rt.block_on(control::cli::run_coordinated(dir, settings)),
         None => rt.block_on(dataplane::run(settings)),
     }
 }
 
-fn status(config: Option<&Path>, socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
-    let path = match (socket, config) {
+/// The control socket: `--socket`, else the one `--config` names, else
+/// the default for interface segmesh0.
+fn socket_path(config: Option<&Path>, socket: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match (socket, config) {
         (Some(s), _) => s,
         (None, Some(c)) => {
             let cfg = NodeConfig::load(c)?;
@@ -161,9 +183,26 @@ fn status(config: Option<&Path>, socket: Option<PathBuf>, json: bool) -> anyhow:
                 .unwrap_or_else(|| ctlsock::default_path(cfg.interface.as_str()))
         }
         (None, None) => ctlsock::default_path("segmesh0"),
-    };
-    let st = ctlsock::fetch_status(&path)?;
+    })
+}
+
+fn status(config: Option<&Path>, socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let st = ctlsock::fetch_status(&socket_path(config, socket)?)?;
     status_fmt::print_status(&st, json);
+    Ok(())
+}
+
+fn rotate_key(config: Option<&Path>, socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let path = socket_path(config, socket)?;
+    let r = ctlsock::rotate_key(&path).context("rotating the WireGuard key")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "WireGuard key rotated: {} -> {}; new key applied by {}/{} peers in {} ms (netmap version {})",
+            r.old_key, r.new_key, r.peers_acked, r.peers_total, r.peers_ms, r.netmap_version
+        );
+    }
     Ok(())
 }
 
@@ -191,6 +230,11 @@ pub fn main() -> anyhow::Result<()> {
             socket,
             json,
         } => status(config.as_deref(), socket, json)?,
+        Command::RotateKey {
+            config,
+            socket,
+            json,
+        } => rotate_key(config.as_deref(), socket, json)?,
         Command::Docs(docs) => docs.run(<Cli as clap::CommandFactory>::command())?,
     }
     Ok(())

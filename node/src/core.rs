@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -37,6 +38,9 @@ const POOL_BUF_MAX: usize = 16 * 1024;
 const WG_OVERHEAD: usize = 32;
 /// Handshake initiation size, the minimum for any output buffer.
 const MIN_BUF: usize = 148;
+/// WireGuard's REJECT_AFTER_TIME: a session older than this is dead anyway,
+/// so a rotation does not wake a peer that last talked longer ago.
+const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 
 /// A UDP datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +251,37 @@ impl Node {
         Ok(diff)
     }
 
+    /// Replaces the node's WireGuard key once the coordinator accepted the
+    /// new one. Sessions made under the old key end (boringtun binds them
+    /// to it); every peer that had a live session gets a handshake
+    /// initiation at once, so traffic resumes after one round trip. Netmaps
+    /// applied from now on must carry the new key in their own entry.
+    pub fn rotate_key(&mut self, now: Instant, secret: [u8; 32]) -> PublicKey {
+        self.peers.set_secret(secret);
+        let (sk, _) = self.peers.secret();
+        let sk = sk.clone();
+        let limiter = self.peers.limiter_arc();
+        for peer in self.peers.iter_mut() {
+            let live = peer
+                .tunnel
+                .since_handshake(now)
+                .is_some_and(|d| d < SESSION_LIFETIME);
+            let reconnect = live && peer.endpoint.is_some();
+            let mut buf = self.io.buf(MIN_BUF);
+            match peer.tunnel.set_static_key(
+                now,
+                sk.clone(),
+                Arc::clone(&limiter),
+                reconnect,
+                &mut buf,
+            ) {
+                Output::Network(n) => self.io.send(peer, buf, n),
+                _ => self.io.recycle(buf),
+            }
+        }
+        self.public_key()
+    }
+
     /// A packet read from the TUN device: route, filter, encrypt.
     pub fn handle_tun(&mut self, now: Instant, frame: &[u8]) {
         self.max_frame = self.max_frame.max(frame.len());
@@ -337,6 +372,10 @@ impl Node {
             return;
         };
         let msg_type = datagram[0];
+        // A data message means the session is usable now: packets queued
+        // while it was being made (the responder's side of a handshake,
+        // e.g. right after a peer rotated its key) leave at once.
+        let flush_queue = msg_type == 4 && peer.tunnel.has_queued();
         let mut input = datagram;
         let mut first = true;
         loop {
@@ -356,7 +395,9 @@ impl Node {
             match out {
                 Output::Done => {
                     self.io.recycle(buf);
-                    break;
+                    if !(first && flush_queue) {
+                        break;
+                    }
                 }
                 Output::Network(n) => {
                     if first {
@@ -367,6 +408,13 @@ impl Node {
                             dst: from,
                             payload: buf,
                         });
+                        // A responder cannot send on the new session before
+                        // the initiator's first data message (which flushes
+                        // the queue, above); flushing now would only start a
+                        // second, competing handshake.
+                        if msg_type == 1 {
+                            break;
+                        }
                     } else {
                         self.io.send(peer, buf, n);
                     }
@@ -382,7 +430,9 @@ impl Node {
                         buf,
                         src,
                     );
-                    break;
+                    if !(first && flush_queue) {
+                        break;
+                    }
                 }
                 Output::Err(e) => {
                     tracing::trace!(error = %e, "decapsulate");

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument as _;
 use tun_rs::AsyncDevice;
 
+use crate::control::PlaneCommand;
 use crate::core::{ApplyError, Event, Node, Transmit};
 use crate::flowlog::{FlowLog, FlowLogLimits};
 use crate::status::{NodeStatus, PeerStatus, StatusSource};
@@ -61,10 +62,16 @@ pub struct Settings {
     /// instead of being watched in `netmap_file`; each is answered once it
     /// is applied, so the control client acks only what is in force.
     pub feed: Option<NetmapFeed>,
+    /// Coordinator mode: where the control socket sends `rotate-key`.
+    pub rotator: ctlsock::Rotator,
 }
 
-/// In-process netmap updates, each with a channel for the apply result.
-pub type NetmapFeed = mpsc::Receiver<(NetMap, tokio::sync::oneshot::Sender<Result<(), String>>)>;
+/// In-process updates (netmaps, key rotations), each with a channel for the
+/// result.
+pub type NetmapFeed = mpsc::Receiver<(
+    PlaneCommand,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+)>;
 
 struct Shared {
     core: Mutex<Node>,
@@ -74,6 +81,9 @@ struct Shared {
     /// times through it, so a handshake's reported time never jitters
     /// between two `status` calls.
     anchor: (Instant, u64),
+    /// Wakes the timer task to send what the core queued outside a packet
+    /// or timer turn (the handshakes that follow a key rotation).
+    wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -285,6 +295,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         interface: cfg.interface.to_string(),
         listen_port,
         anchor: (t0, wall_ms()),
+        wake: tokio::sync::Notify::new(),
     });
     let ctl_path = cfg
         .control_socket
@@ -342,8 +353,13 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let source: Arc<dyn StatusSource> = shared.clone();
     tasks.spawn({
         let source = source.clone();
-        async move { ctlsock::run(ctl, source).await.map_err(anyhow::Error::from) }
-            .instrument(span.clone())
+        let rotator = s.rotator.clone();
+        async move {
+            ctlsock::run(ctl, source, rotator)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        .instrument(span.clone())
     });
     if let Some(l) = uapi_listener {
         tasks.spawn(
@@ -447,7 +463,10 @@ async fn timer_task(w: Wires) -> anyhow::Result<()> {
             .lock()
             .poll_timeout()
             .unwrap_or_else(|| now() + Duration::from_secs(1));
-        tokio::time::sleep_until(next.into()).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next.into()) => {}
+            () = w.shared.wake.notified() => {}
+        }
         w.turn(&mut batch, |core| core.handle_timeout(now())).await;
     }
 }
@@ -531,11 +550,28 @@ impl Applier {
     }
 }
 
-/// Coordinator mode: applies each netmap from the control client and
-/// answers with the result.
+impl Applier {
+    /// Switches the core to a new key; the handshakes it queued for live
+    /// peers leave at once (the timer task is woken to send them).
+    fn rotate_key(&mut self, secret: [u8; 32]) {
+        let key = self.shared.lock().rotate_key(now(), secret);
+        self.current.node.public_key = key;
+        self.shared.wake.notify_one();
+        tracing::info!(public_key = %key, "WireGuard key switched; re-handshaking live peers");
+    }
+}
+
+/// Coordinator mode: applies each netmap or key rotation from the control
+/// client and answers with the result.
 async fn feed_task(mut applier: Applier, mut feed: NetmapFeed) -> anyhow::Result<()> {
-    while let Some((map, reply)) = feed.recv().await {
-        let answer = applier.apply(map).map_err(|e| e.to_string());
+    while let Some((cmd, reply)) = feed.recv().await {
+        let answer = match cmd {
+            PlaneCommand::Apply(map) => applier.apply(map).map_err(|e| e.to_string()),
+            PlaneCommand::RotateKey(secret) => {
+                applier.rotate_key(*secret);
+                Ok(())
+            }
+        };
         let _ = reply.send(answer);
     }
     // The control client is gone: keep forwarding with the last netmap.

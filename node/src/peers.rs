@@ -108,6 +108,20 @@ impl PeerTable {
         &self.limiter
     }
 
+    /// Replaces this node's key (a rotation): new handshakes use it, and
+    /// the handshake rate limiter checks MACs against the new public key.
+    /// The caller re-keys each peer's tunnel with [`PeerTable::secret`] and
+    /// [`PeerTable::limiter_arc`].
+    pub(crate) fn set_secret(&mut self, secret: [u8; 32]) {
+        self.secret = x25519::StaticSecret::from(secret);
+        self.public = x25519::PublicKey::from(&self.secret);
+        self.limiter = Arc::new(RateLimiter::new(&self.public, HANDSHAKE_RATE_LIMIT));
+    }
+
+    pub(crate) fn limiter_arc(&self) -> Arc<RateLimiter> {
+        Arc::clone(&self.limiter)
+    }
+
     fn alloc_index(&mut self) -> u32 {
         loop {
             let i = self.next_index;

@@ -58,6 +58,9 @@ pub struct Tunnel {
     /// Set while an initiation we sent is unanswered: (first sent, last sent).
     pending_init: Option<(Instant, Instant)>,
     last_handshake: Option<Instant>,
+    /// Packets may wait in boringtun's queue (sent before a session
+    /// existed); cleared when a flush comes back empty.
+    queued: bool,
 }
 
 impl fmt::Debug for Tunnel {
@@ -92,6 +95,7 @@ impl Tunnel {
             tunn: Tunn::new(secret, peer, None, None, index, Some(limiter)),
             pending_init: None,
             last_handshake: None,
+            queued: false,
         }
     }
 
@@ -110,6 +114,9 @@ impl Tunnel {
     /// `packet.len() + 32` and 148 bytes.
     pub fn encapsulate(&mut self, now: Instant, packet: &[u8], dst: &mut [u8]) -> Output {
         let out = output(self.tunn.encapsulate(packet, dst));
+        if !matches!(out, Output::Network(n) if n > 0 && dst[0] == MSG_DATA) {
+            self.queued = true;
+        }
         self.note_sent(now, &out, dst);
         out
     }
@@ -124,6 +131,9 @@ impl Tunnel {
         dst: &mut [u8],
     ) -> Output {
         let out = output(self.tunn.decapsulate(from, datagram, dst));
+        if datagram.is_empty() && matches!(out, Output::Done) {
+            self.queued = false;
+        }
         if !matches!(out, Output::Err(_)) {
             match datagram.first() {
                 Some(&MSG_RESPONSE) => {
@@ -169,10 +179,42 @@ impl Tunnel {
         }
     }
 
+    /// Replaces this node's static key (a key rotation). boringtun drops
+    /// every session made under the old key, so traffic needs a new
+    /// handshake; with `reconnect` one is initiated at once (into `dst`)
+    /// instead of at the next packet, so a peer that only receives does not
+    /// wait for its own rekey timer.
+    pub fn set_static_key(
+        &mut self,
+        now: Instant,
+        secret: StaticSecret,
+        limiter: Arc<RateLimiter>,
+        reconnect: bool,
+        dst: &mut [u8],
+    ) -> Output {
+        let public = PublicKey::from(&secret);
+        self.tunn.set_static_private(secret, public, Some(limiter));
+        self.pending_init = None;
+        if !reconnect {
+            return Output::Done;
+        }
+        let out = output(self.tunn.format_handshake_initiation(dst, true));
+        self.note_sent(now, &out, dst);
+        out
+    }
+
     /// Time since the last completed handshake, on the caller's clock.
     pub fn since_handshake(&self, now: Instant) -> Option<Duration> {
         self.last_handshake
             .map(|t| now.saturating_duration_since(t))
+    }
+
+    /// Whether packets may be waiting for a session. boringtun flushes its
+    /// queue only on a repeated `decapsulate` with an empty datagram; the
+    /// core makes that call after a data message when this is set, so a
+    /// responder's queued packets leave as soon as the session is usable.
+    pub fn has_queued(&self) -> bool {
+        self.queued
     }
 
     /// Whether an initiation we sent is still unanswered.

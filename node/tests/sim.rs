@@ -344,3 +344,68 @@ fn a_changed_key_replaces_the_peer() {
     assert!(s.take_tun("api").is_empty() && s.take_tun("web").is_empty());
     assert!(s.drops("api", DropReason::UnknownKey) >= 1);
 }
+
+#[test]
+fn key_rotation_costs_one_handshake_and_retires_the_old_key() {
+    let rules: &[(&str, &str, &[&str])] = &[("web", "api", &["icmp"]), ("api", "web", &["icmp"])];
+    let mut s = Sim::new(&["web", "api"], 23, 0.0);
+    s.apply(rules);
+    let (web, api) = (s.addr("web", false), s.addr("api", false));
+    s.send("web", &craft::echo_request(web, api, 1, 1));
+    s.run(Duration::from_millis(100));
+    assert_eq!(s.take_tun("web").len(), 1);
+    s.take_tun("api");
+    let (w, a) = (s.idx("web"), s.idx("api"));
+    let old_secret = s.nodes[w].secret;
+    let old_key = s.key("web");
+
+    // The order production follows: the coordinator waits for api's ack of
+    // the rotation before answering web, so api holds the new key first.
+    s.nodes[w].secret = [42; 32];
+    let maps = s.netmaps(rules);
+    let now = s.now;
+    s.nodes[a].core.apply_netmap(now, &maps["api"]).unwrap();
+    // api talks to web in that window: queued in api's new tunnel, and
+    // api's initiation to the new key is not answered by web's old key.
+    s.send("api", &craft::echo_request(api, web, 2, 1));
+    s.run(Duration::from_millis(20));
+    let events_before = s.nodes[w].events.len();
+    let now = s.now;
+    let new_key = s.nodes[w].core.rotate_key(now, [42; 32]);
+    assert_eq!(new_key, s.key("web"));
+    s.nodes[w].core.apply_netmap(now, &maps["web"]).unwrap();
+    // One handshake round trip (2 x 5 ms) and the keepalive's trip later,
+    // the session exists and api's queued ping has reached web, without
+    // any timer firing.
+    let t0 = s.now;
+    s.run(Duration::from_millis(20));
+    let handshakes: Vec<_> = s.nodes[w].events[events_before..]
+        .iter()
+        .filter(|e| matches!(e, Event::Handshake { .. }))
+        .collect();
+    assert_eq!(handshakes.len(), 1, "{handshakes:?}");
+    assert!(s.now - t0 <= Duration::from_millis(20));
+    assert_eq!(s.take_tun("web").len(), 1, "api's queued ping");
+    s.run(Duration::from_millis(20));
+    assert_eq!(s.take_tun("api").len(), 1, "web's echo reply");
+    s.send("web", &craft::echo_request(web, api, 1, 2));
+    s.run(Duration::from_millis(20));
+    assert_eq!(s.take_tun("web").len(), 1, "api's echo reply");
+
+    // A node still holding the old key is refused by api.
+    let mut stale = segmesh_node::core::Node::new(old_secret, 99 << 16, s.now);
+    let mut old_map = s.netmaps(rules)["web"].clone();
+    old_map.node.public_key = old_key;
+    stale.apply_netmap(s.now, &old_map).unwrap();
+    stale.handle_tun(s.now, &craft::echo_request(web, api, 3, 1));
+    let init = stale.poll_transmit().expect("initiation");
+    let before = s.drops("api", DropReason::UnknownKey);
+    let now = s.now;
+    let from = s.nodes[w].udp;
+    s.nodes[a].core.handle_udp(now, from, &init.payload);
+    assert_eq!(s.drops("api", DropReason::UnknownKey), before + 1);
+    assert!(
+        s.nodes[a].core.poll_transmit().is_none(),
+        "answered the old key"
+    );
+}

@@ -211,6 +211,30 @@ impl Member {
         self.proc = Some(p);
     }
 
+    /// Runs `segmesh-node SUBCOMMAND --socket <ours> --json` in the node's
+    /// namespace (`status`, `rotate-key`); the parsed output, or stderr.
+    pub fn ask(&self, subcommand: &str) -> Result<Value, String> {
+        let out = run_in(
+            &self.host.ns,
+            bin_path("segmesh-node").to_str().expect("utf-8"),
+            &[
+                subcommand,
+                "--socket",
+                self.socket.to_str().expect("utf-8"),
+                "--json",
+            ],
+        );
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// `segmesh-node status --json`.
+    pub fn status(&self) -> Value {
+        self.ask("status").expect("status --json")
+    }
+
     /// Stops the node (SIGTERM, then SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {

@@ -91,3 +91,59 @@ pub fn connect_eventually(ns: &str, to: SocketAddr, within: Duration) -> (Connec
     }
     panic!("{ns} could not reach {to} within {within:?}; last attempt: {last:?}");
 }
+
+/// Wall-clock now, Unix ms (what `probe stream` prints per echo).
+pub fn unix_ms() -> u128 {
+    #[allow(clippy::disallowed_methods)] // compared with the probe's wall clock
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+}
+
+/// A TCP stream from namespace `ns` to `to`, one echo every 20 ms for
+/// `duration_ms`. A 1.5 s read timeout, so a loaded CI machine does not
+/// break a healthy stream; gaps are measured between echoes, not from the
+/// timeout.
+pub fn stream(lab: &Lab, name: &str, ns: &str, to: SocketAddr, duration_ms: u64) -> Proc {
+    Proc::spawn(
+        name,
+        Some(ns),
+        lab.dir(),
+        &bin_path("probe"),
+        &[
+            "stream",
+            &to.to_string(),
+            "--interval-ms",
+            "20",
+            "--duration-ms",
+            &duration_ms.to_string(),
+            "--read-timeout-ms",
+            "1500",
+        ],
+    )
+}
+
+/// Wall-clock times (Unix ms) of the echoes a stream received, and the time
+/// it gave up, if it did.
+pub fn echoes(p: &Proc) -> (Vec<u128>, Option<u128>) {
+    let text = p.stdout_text();
+    let oks = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ok ").and_then(|t| t.parse().ok()))
+        .collect();
+    let fail = text.lines().find_map(|l| {
+        l.strip_prefix("fail ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    (oks, fail)
+}
+
+/// The longest pause between two consecutive echoes of a stream.
+pub fn max_gap(oks: &[u128]) -> Duration {
+    let ms = oks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}

@@ -160,13 +160,26 @@ pub async fn endpoints(
 }
 
 /// POST /v1/rotate-key: the node replaces its WireGuard key. Its peers get
-/// the new key marked as a rotation of the old one.
+/// the new key marked as a rotation of the old one; the reply waits (up to
+/// the ack timeout) until they applied it, so the node can switch at once.
+/// Asking again for the key the node already has is answered like the first
+/// time: a node that crashed before reading the reply retries safely.
 pub async fn rotate_key(
     State(ctx): State<Arc<Ctx>>,
     NodeAuth(node, _): NodeAuth,
     JsonBody(req): JsonBody<RotateKeyRequest>,
 ) -> Result<Json<RotateKeyResponse>, ApiError> {
     let now = ctx.clock.now();
+    let version = |m: Option<segmesh_config::NetMap>| m.map_or(0, |m| m.version);
+    if node.public_key == req.public_key {
+        tracing::info!(node = %node.name, "key rotation repeated; already in force");
+        return Ok(Json(RotateKeyResponse {
+            version: version(ctx.dist.expected(&node.name).await),
+            peers_acked: 0,
+            peers_total: 0,
+            elapsed_ms: 0,
+        }));
+    }
     let change = store::Change::new(format!("node:{}", node.name), now.unix);
     let (old, _) = ctx
         .store
@@ -176,11 +189,28 @@ pub async fn rotate_key(
         old,
         new: req.public_key,
     };
-    let pushed = ctx
+    let mut pushed = ctx
         .dist
         .node_changed(&node.name, vec![rotation], now.instant)
         .await?;
-    tracing::info!(node = %node.name, peers = pushed.len().saturating_sub(1), "WireGuard key rotated");
-    let version = ctx.dist.expected(&node.name).await.map_or(0, |m| m.version);
-    Ok(Json(RotateKeyResponse { version }))
+    // The rotating node itself is not waited for: it applies its own new
+    // netmap after this reply.
+    pushed.remove(&node.name);
+    let peers = ctx
+        .dist
+        .wait_acks(&pushed, now.instant, ctx.settings.ack_timeout)
+        .await;
+    tracing::info!(
+        node = %node.name,
+        acked = peers.acked,
+        total = peers.total,
+        ms = peers.elapsed_ms,
+        "WireGuard key rotated"
+    );
+    Ok(Json(RotateKeyResponse {
+        version: version(ctx.dist.expected(&node.name).await),
+        peers_acked: peers.acked,
+        peers_total: peers.total,
+        elapsed_ms: peers.elapsed_ms,
+    }))
 }

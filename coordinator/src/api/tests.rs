@@ -157,13 +157,20 @@ impl Node {
         self.client.stream("/v1/stream").await.unwrap().unwrap()
     }
 
-    async fn post(&self, path: &str, body: Value) -> u16 {
+    async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .client
             .request("POST", path, None, Some(serde_json::to_vec(&body).unwrap()))
             .await
             .unwrap();
-        r.status
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) -> u16 {
+        self.post_json(path, body).await.0
     }
 }
 
@@ -568,13 +575,26 @@ async fn key_rotation_reaches_peers_marked_as_rotation() {
     assert_eq!(first.peers[0].public_key, PublicKey::from_bytes([1; 32]));
 
     let new = PublicKey::from_bytes([42; 32]);
+    // db-1 acks from a task: the reply waits for it.
+    let acker = tokio::spawn(async move {
+        let m = db_s.next(5).await.unwrap();
+        assert_eq!(
+            db.post("/v1/ack", json!({ "version": m.version })).await,
+            204
+        );
+        (m, db_s)
+    });
+    let (status, reply) = web
+        .post_json("/v1/rotate-key", json!({ "public_key": new }))
+        .await;
+    assert_eq!(status, 200, "{reply}");
     assert_eq!(
-        web.post("/v1/rotate-key", json!({ "public_key": new }))
-            .await,
-        200
+        (reply["peers_acked"].as_u64(), reply["peers_total"].as_u64()),
+        (Some(1), Some(1)),
+        "{reply}"
     );
     // The peer sees the new key, marked as a rotation of the old one.
-    let m = db_s.next(2).await.unwrap();
+    let (m, mut db_s) = acker.await.unwrap();
     let line = (m, db_s.rotations.clone());
     assert_eq!(line.0.peers[0].public_key, new);
     assert_eq!(line.1.len(), 1);
@@ -582,6 +602,16 @@ async fn key_rotation_reaches_peers_marked_as_rotation() {
         (line.1[0].old, line.1[0].new),
         (PublicKey::from_bytes([1; 32]), new)
     );
+    // Asking again for the key in force (a retry after a lost reply) is
+    // answered without a new push.
+    let (status, again) = web
+        .post_json("/v1/rotate-key", json!({ "public_key": new }))
+        .await;
+    assert_eq!(
+        (status, again["version"].clone()),
+        (200, reply["version"].clone())
+    );
+    assert!(db_s.next(1).await.is_none(), "no second push");
     // A key another node holds is refused.
     assert_eq!(
         web.post(

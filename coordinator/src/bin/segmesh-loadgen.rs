@@ -8,8 +8,13 @@
 //! `--group` that may talk within the group, so a label change affects one
 //! or two groups and a policy change affects every node.
 //!
+//! With `--coordinator-bin`, the coordinator runs as its own process (the
+//! real `segmesh-coordinator serve` binary), so its memory and CPU are
+//! measured apart from the simulated nodes' (read from /proc).
+//!
 //! ```sh
 //! segmesh-loadgen --nodes 1000 --group 20
+//! ulimit -n 65536 && segmesh-loadgen --nodes 10000 --coordinator-bin target/release/segmesh-coordinator
 //! ```
 
 use std::sync::Arc;
@@ -43,6 +48,133 @@ struct Args {
     /// Label changes to measure.
     #[arg(long, default_value_t = 5)]
     label_changes: usize,
+    /// Run this `segmesh-coordinator` binary as a child process instead of
+    /// an in-process coordinator, and report its RSS and CPU separately.
+    #[arg(long)]
+    coordinator_bin: Option<std::path::PathBuf>,
+}
+
+/// A coordinator under test: in this process, or a child process.
+enum Coordinator {
+    InProcess(segmesh_coordinator::server::Running),
+    Child(std::process::Child),
+}
+
+impl Coordinator {
+    fn pid(&self) -> u32 {
+        match self {
+            Coordinator::InProcess(_) => std::process::id(),
+            Coordinator::Child(c) => c.id(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Coordinator::InProcess(r) => r.stop().await,
+            Coordinator::Child(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Memory and CPU of one process, from /proc.
+#[derive(Debug, Clone, Copy)]
+struct ProcStats {
+    rss_kib: u64,
+    peak_kib: u64,
+    cpu: Duration,
+}
+
+fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line, in clock ticks (100 Hz on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Ok(ProcStats {
+        rss_kib: field("VmRSS:"),
+        peak_kib: field("VmHWM:"),
+        cpu: Duration::from_millis(ticks * 10),
+    })
+}
+
+/// The soft limit on open files; each simulated node holds two connections
+/// (stream and requests) at each end.
+fn check_fd_limit(nodes: usize) -> anyhow::Result<()> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let soft: Option<usize> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok());
+    let need = nodes * 2 + 256;
+    match soft {
+        Some(have) if have < need => bail!(
+            "{nodes} nodes need about {need} open files in this process, the limit is {have}: \
+             raise it first (`ulimit -n {}`)",
+            need.next_power_of_two()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Starts the coordinator binary as a child on 127.0.0.1 and waits until it
+/// has written its CA and admin token and accepts connections.
+async fn spawn_child(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Coordinator, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\npublic_urls = [\"{url}\"]\n",
+            dir.join("data")
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("coordinator.log"))?;
+    let child = std::process::Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let coordinator = Coordinator::Child(child);
+    for _ in 0..300 {
+        let ready = dir.join("data").join(ADMIN_TOKEN_FILE).exists()
+            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok();
+        if ready {
+            return Ok((coordinator, url));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    coordinator.stop().await;
+    bail!(
+        "coordinator did not come up in 30 s; its log: {}",
+        dir.join("coordinator.log").display()
+    )
 }
 
 /// (node index, netmap version, received at, acked at)
@@ -89,17 +221,32 @@ async fn main() -> anyhow::Result<()> {
     if args.group < 2 || args.nodes < args.group {
         bail!("need --group >= 2 and --nodes >= --group");
     }
+    check_fd_limit(args.nodes)?;
     let groups = args.nodes.div_ceil(args.group);
     let dir = tempfile::tempdir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("https://{}", listener.local_addr()?);
-    let cfg = CoordinatorConfig::parse(
-        "loadgen",
-        &format!("data_dir = {:?}\npublic_urls = [\"{url}\"]\n", dir.path()),
-    )?;
-    let running = spawn(&cfg, listener, Arc::new(SystemClock)).await?;
-    let ca = running.prepared_ctx.ca.cert_der().clone();
-    let admin_token = std::fs::read_to_string(dir.path().join(ADMIN_TOKEN_FILE))?
+    let (coordinator, url, data) = match &args.coordinator_bin {
+        Some(bin) => {
+            let (c, url) = spawn_child(bin, dir.path()).await?;
+            (c, url, dir.path().join("data"))
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("https://{}", listener.local_addr()?);
+            let cfg = CoordinatorConfig::parse(
+                "loadgen",
+                &format!("data_dir = {:?}\npublic_urls = [\"{url}\"]\n", dir.path()),
+            )?;
+            let running = spawn(&cfg, listener, Arc::new(SystemClock)).await?;
+            (
+                Coordinator::InProcess(running),
+                url,
+                dir.path().to_path_buf(),
+            )
+        }
+    };
+    let ca_pem = std::fs::read(data.join("ca.pem")).context("coordinator CA certificate")?;
+    let ca = CertificateDer::from_pem_slice(&ca_pem)?;
+    let admin_token = std::fs::read_to_string(data.join(ADMIN_TOKEN_FILE))?
         .trim()
         .to_string();
     let admin = HttpsClient::new(
@@ -222,6 +369,7 @@ async fn main() -> anyhow::Result<()> {
     summary("label change: acked", ack_l);
 
     // A policy change that touches every netmap.
+    let before = proc_stats(coordinator.pid())?;
     let t0 = now();
     call(
         "POST",
@@ -231,17 +379,29 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let api = t0.elapsed();
     let (r, a) = collect(&mut rx, t0).await;
+    let after = proc_stats(coordinator.pid())?;
     summary("policy change (all nodes): received", r);
     summary("policy change (all nodes): acked", a);
     println!();
     println!("policy apply API call returned after {api:?}");
+    let whose = match coordinator {
+        Coordinator::InProcess(_) => "loadgen process (coordinator + simulated nodes)",
+        Coordinator::Child(_) => "coordinator process",
+    };
+    println!(
+        "{whose}: RSS {:.0} MiB, peak {:.0} MiB; CPU for the policy change {:.2} s \
+         (including the acks and 2 s of quiet after the last update)",
+        after.rss_kib as f64 / 1024.0,
+        after.peak_kib as f64 / 1024.0,
+        after.cpu.saturating_sub(before.cpu).as_secs_f64()
+    );
     let m = admin.request("GET", "/metrics", None, None).await?;
     for l in String::from_utf8_lossy(&m.body).lines().filter(|l| {
         l.starts_with("segmesh_netmap_apply_seconds_count") || l.starts_with("segmesh_streams")
     }) {
         println!("{l}");
     }
-    running.stop().await;
+    coordinator.stop().await;
     Ok(())
 }
 

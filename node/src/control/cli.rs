@@ -107,7 +107,7 @@ pub async fn run_coordinated(
         addresses: Vec::new(),
         listen_port: settings.config.listen_port,
     };
-    let mut client = ControlClient::load(&dir, endpoints)?;
+    let client = ControlClient::load(&dir, endpoints)?;
     if client.current().is_none() {
         bail!(
             "{}: no cached netmap; run `segmesh-node join` again",
@@ -116,12 +116,15 @@ pub async fn run_coordinated(
     }
     let (tx, rx) = mpsc::channel(4);
     settings.feed = Some(rx);
+    let (rotate_tx, rotate_rx) = mpsc::channel(1);
+    settings.rotator = Some(rotate_tx);
+    let mut client = client.with_rotation_requests(rotate_rx);
     let control = tokio::spawn(async move {
-        let apply = |map| {
+        let apply = |cmd| {
             let tx = tx.clone();
             async move {
                 let (reply, answer) = oneshot::channel();
-                tx.send((map, reply))
+                tx.send((cmd, reply))
                     .await
                     .map_err(|_| "data plane stopped".to_string())?;
                 answer.await.map_err(|_| "data plane stopped".to_string())?

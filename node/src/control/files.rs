@@ -81,6 +81,11 @@ impl StateDir {
     pub fn private_key(&self) -> PathBuf {
         self.dir.join("private.key")
     }
+    /// A new WireGuard key whose rotation the coordinator has not (yet)
+    /// confirmed; see `control::rotate`.
+    pub fn pending_key(&self) -> PathBuf {
+        self.dir.join("private.key.pending")
+    }
     pub fn tls_key(&self) -> PathBuf {
         self.dir.join("tls.key")
     }
@@ -130,16 +135,39 @@ impl StateDir {
 
     /// The WireGuard private key (base64 file, as `wg genkey` writes it).
     pub fn load_private_key(&self) -> Result<[u8; 32], FileError> {
-        use base64::Engine as _;
-        let path = self.private_key();
-        let text = read_secret(&path)?;
-        let invalid = |message: &str| FileError::Invalid {
-            path: path.clone(),
-            message: message.into(),
-        };
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(String::from_utf8_lossy(&text).trim())
-            .map_err(|_| invalid("not base64"))?;
-        raw.try_into().map_err(|_| invalid("not a 32-byte key"))
+        load_key(&self.private_key())
     }
+}
+
+/// Writes a WireGuard private key file (base64, 0600, atomically).
+pub fn write_key(path: &Path, secret: &[u8; 32]) -> Result<(), FileError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    write_atomic(path, format!("{b64}\n").as_bytes(), 0o600)
+}
+
+/// Reads a WireGuard private key file written by [`write_key`] or `wg genkey`.
+pub fn load_key(path: &Path) -> Result<[u8; 32], FileError> {
+    use base64::Engine as _;
+    let text = read_secret(path)?;
+    let invalid = |message: &str| FileError::Invalid {
+        path: path.to_path_buf(),
+        message: message.into(),
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(&text).trim())
+        .map_err(|_| invalid("not base64"))?;
+    raw.try_into().map_err(|_| invalid("not a 32-byte key"))
+}
+
+/// Renames `from` over `to` and syncs the directory, so the rename itself
+/// survives a power cut.
+pub fn rename_durable(from: &Path, to: &Path) -> Result<(), FileError> {
+    fs::rename(from, to).map_err(io(to))?;
+    if let Some(dir) = to.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
 }

@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use rand_core::OsRng;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use rustls_pki_types::CertificateDer;
@@ -17,7 +16,7 @@ use segmesh_config::{NetMap, NodeName, PublicKey};
 use sha2::{Digest as _, Sha256};
 
 use super::cache::{CacheError, NetmapCache};
-use super::files::{ControlState, FileError, StateDir, write_atomic};
+use super::files::{ControlState, FileError, StateDir, write_atomic, write_key};
 
 /// What to join with.
 #[derive(Debug, Clone)]
@@ -159,8 +158,7 @@ pub async fn join(opts: JoinOptions) -> Result<Joined, JoinError> {
     }
 
     dir.create()?;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(wg.to_bytes());
-    write_atomic(&dir.private_key(), format!("{b64}\n").as_bytes(), 0o600)?;
+    write_key(&dir.private_key(), &wg.to_bytes())?;
     write_atomic(&dir.tls_key(), tls_key.serialize_pem().as_bytes(), 0o600)?;
     write_atomic(&dir.tls_cert(), resp.cert_pem.as_bytes(), 0o644)?;
     write_atomic(&dir.ca_cert(), resp.ca_pem.as_bytes(), 0o644)?;

@@ -4,6 +4,8 @@
 //!
 //! Files in the state directory (all secrets 0600):
 //! - `private.key`: the WireGuard private key (base64), generated here;
+//! - `private.key.pending`: during a key rotation, the new key until the
+//!   coordinator accepted it (see [`rotate`]);
 //! - `tls.key`, `tls.pem`, `ca.pem`: the node's TLS key, its certificate
 //!   signed by the coordinator CA, and that CA (pinned by the join token);
 //! - `control.json`: name, coordinator URLs, CA fingerprint, addresses;
@@ -17,6 +19,7 @@ pub mod cli;
 pub mod files;
 pub mod join;
 pub mod pin;
+pub mod rotate;
 pub mod stream;
 
 #[cfg(test)]
@@ -26,4 +29,5 @@ pub use cache::{CacheError, NetmapCache};
 pub use files::{ControlState, StateDir};
 pub use join::{JoinOptions, join};
 pub use pin::{PinError, check_pins};
-pub use stream::{ControlClient, StreamEvent};
+pub use rotate::{RotateError, RotateReport};
+pub use stream::{ControlClient, PlaneCommand, RotateRequest, StreamEvent};

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::join::JoinError;
+use super::rotate::public_of;
 use super::*;
 
 const POLICY: &str = "[segments.web]\nmatch = { role = \"web\" }\n[segments.db]\nmatch = { role = \"db\" }\n[[allow]]\nfrom = \"web\"\nto = \"db\"\nports = [\"tcp/5432\"]\n";
@@ -81,23 +82,26 @@ fn opts(token: &str, name: &str, dir: &Path) -> JoinOptions {
     }
 }
 
-/// Runs a control client whose "data plane" is a channel.
-fn run_client(
-    dir: &Path,
-) -> (
-    mpsc::UnboundedReceiver<NetMap>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
+/// A running control client whose "data plane" is a channel.
+struct Client {
+    rx: mpsc::UnboundedReceiver<PlaneCommand>,
+    rotate: mpsc::Sender<RotateRequest>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn run_client(dir: &Path) -> Client {
+    let (rotate, rotate_rx) = mpsc::channel(1);
     let mut client = ControlClient::load(&StateDir::new(dir), EndpointsReport::default())
         .unwrap()
-        .with_idle_timeout(Duration::from_secs(3));
+        .with_idle_timeout(Duration::from_secs(3))
+        .with_rotation_requests(rotate_rx);
     let (tx, rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let apply = |m: NetMap| {
+        let apply = |c: PlaneCommand| {
             let tx = tx.clone();
-            async move { tx.send(m).map_err(|e| e.to_string()) }
+            async move { tx.send(c).map_err(|e| e.to_string()) }
         };
         client
             .run(apply, None, async {
@@ -105,14 +109,48 @@ fn run_client(
             })
             .await;
     });
-    (rx, stop_tx, task)
+    Client {
+        rx,
+        rotate,
+        stop,
+        task,
+    }
 }
 
-async fn recv(rx: &mut mpsc::UnboundedReceiver<NetMap>) -> NetMap {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+impl Client {
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+
+    async fn rotate(&self) -> Result<RotateReport, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.rotate.send(tx).await.unwrap();
+        rx.await.unwrap()
+    }
+}
+
+async fn recv_cmd(rx: &mut mpsc::UnboundedReceiver<PlaneCommand>) -> PlaneCommand {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .unwrap()
         .unwrap()
+}
+
+/// The next key switch, skipping netmaps before it.
+async fn switched_key(rx: &mut mpsc::UnboundedReceiver<PlaneCommand>) -> [u8; 32] {
+    loop {
+        if let PlaneCommand::RotateKey(k) = recv_cmd(rx).await {
+            return *k;
+        }
+    }
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<PlaneCommand>) -> NetMap {
+    match recv_cmd(rx).await {
+        PlaneCommand::Apply(m) => m,
+        other => panic!("expected a netmap, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -153,8 +191,8 @@ async fn join_stream_cache_and_restart_from_cache() {
     let err = join(opts("smj1.e30", "x", wdir.path())).await.unwrap_err();
     assert!(matches!(err, JoinError::Token(_)), "{err}");
 
-    let (mut rx, stop, task) = run_client(wdir.path());
-    let first = recv(&mut rx).await;
+    let mut cl = run_client(wdir.path());
+    let first = recv(&mut cl.rx).await;
     assert_eq!(first.version, web.netmap.version);
     // Label change: web-1 loses db-1 within the second, and the ack lands.
     c.admin(
@@ -163,7 +201,7 @@ async fn join_stream_cache_and_restart_from_cache() {
         json!({ "set": { "role": "ops" } }),
     )
     .await;
-    let m = recv(&mut rx).await;
+    let m = recv(&mut cl.rx).await;
     assert!(m.peers.is_empty());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
@@ -188,24 +226,22 @@ async fn join_stream_cache_and_restart_from_cache() {
     // Coordinator down: the client keeps retrying; the cache has the latest map.
     let url = c.url.clone();
     c.running.stop().await;
-    let _ = stop.send(());
-    let _ = task.await;
+    cl.shutdown().await;
     let cached = ControlClient::load(&sd, EndpointsReport::default()).unwrap();
     assert_eq!(cached.current(), Some(&m), "restart from cache");
 
     // Coordinator back on the same address: state and stream resume.
     let c = coordinator(cdir.path(), &url.replace("https://", "")).await;
-    let (mut rx, stop, task) = run_client(wdir.path());
-    assert_eq!(recv(&mut rx).await.version, m.version);
+    let mut cl = run_client(wdir.path());
+    assert_eq!(recv(&mut cl.rx).await.version, m.version);
     c.admin(
         "POST",
         "/v1/admin/nodes/web-1/labels",
         json!({ "set": { "role": "web" } }),
     )
     .await;
-    assert_eq!(recv(&mut rx).await.peers.len(), 1);
-    let _ = stop.send(());
-    let _ = task.await;
+    assert_eq!(recv(&mut cl.rx).await.peers.len(), 1);
+    cl.shutdown().await;
 
     // A tampered cache is refused.
     let text = std::fs::read_to_string(sd.netmap()).unwrap();
@@ -271,7 +307,7 @@ async fn refused_update_then_delta_resyncs_with_a_full_netmap() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let mut calls = 0;
-        let apply = move |m: NetMap| {
+        let apply = move |m: PlaneCommand| {
             calls += 1;
             let tx = tx.clone();
             let n = calls;
@@ -321,4 +357,130 @@ async fn refused_update_then_delta_resyncs_with_a_full_netmap() {
     let _ = stop_tx.send(());
     let _ = task.await;
     c.running.stop().await;
+}
+
+/// The node's own mTLS client, built from its state directory (what the
+/// control client uses), to act as a node whose reply got lost.
+fn node_client(sd: &StateDir, url: &str) -> HttpsClient {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let ca = CertificateDer::pem_file_iter(sd.ca_cert())
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let chain = CertificateDer::pem_file_iter(sd.tls_cert())
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(sd.tls_key()).unwrap();
+    let tls = tls_config(&ServerTrust::Ca(ca), Some((chain, key))).unwrap();
+    HttpsClient::new(url, Arc::new(tls)).unwrap()
+}
+
+#[tokio::test]
+async fn rotate_key_commits_only_what_the_coordinator_accepted() {
+    let cdir = tempfile::tempdir().unwrap();
+    let (wdir, ddir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = coordinator(cdir.path(), "127.0.0.1:0").await;
+    c.admin("POST", "/v1/admin/policy", json!({ "text": POLICY }))
+        .await;
+    for (role, name, dir) in [("db", "db-1", &ddir), ("web", "web-1", &wdir)] {
+        join(opts(
+            &c.token(json!({ "role": role })).await,
+            name,
+            dir.path(),
+        ))
+        .await
+        .unwrap();
+    }
+    let sd = StateDir::new(wdir.path());
+    let old_secret = sd.load_private_key().unwrap();
+    let mut db = run_client(ddir.path());
+    let mut web = run_client(wdir.path());
+    recv(&mut db.rx).await;
+    recv(&mut web.rx).await;
+
+    // Accepted: db-1 applied the new key before the reply; web-1's files
+    // and data plane switch, in that order, and its next netmap carries it.
+    let r = web.rotate().await.unwrap();
+    assert_eq!(r.old_key, public_of(&old_secret));
+    assert_eq!((r.peers_acked, r.peers_total), (1, 1), "{r:?}");
+    // (Netmaps from before the rotation, e.g. after an endpoint report, may
+    // still be queued.)
+    while recv(&mut db.rx).await.peers[0].public_key != r.new_key {}
+    assert_eq!(public_of(&switched_key(&mut web.rx).await), r.new_key);
+    assert_eq!(recv(&mut web.rx).await.node.public_key, r.new_key);
+    assert_eq!(public_of(&sd.load_private_key().unwrap()), r.new_key);
+    assert!(!sd.pending_key().exists());
+    let mode = std::fs::metadata(sd.private_key()).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    web.shutdown().await;
+    let reloaded = ControlClient::load(&sd, EndpointsReport::default()).unwrap();
+    assert_eq!(reloaded.current().unwrap().node.public_key, r.new_key);
+
+    // Accepted, but the node crashed before it heard: it restarts on its
+    // old key (nothing to finish locally), and the coordinator's first
+    // netmap, which carries the pending key, completes the rotation.
+    let before = sd.load_private_key().unwrap();
+    let pending = super::rotate::pending_or_new(&sd).unwrap();
+    let reply = node_client(&sd, &c.url)
+        .request(
+            "POST",
+            "/v1/rotate-key",
+            None,
+            Some(serde_json::to_vec(&json!({ "public_key": public_of(&pending) })).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(super::rotate::recover(&sd).unwrap(), None);
+    assert_eq!(sd.load_private_key().unwrap(), before);
+    let mut web = run_client(wdir.path());
+    assert_eq!(switched_key(&mut web.rx).await, pending);
+    assert_eq!(recv(&mut web.rx).await.node.public_key, public_of(&pending));
+    assert_eq!(sd.load_private_key().unwrap(), pending);
+    assert!(!sd.pending_key().exists());
+
+    // Refused (web-1 revoked: its certificate no longer counts): the
+    // pending key is dropped, the old one stays.
+    c.admin("POST", "/v1/admin/nodes/web-1/revoke", Value::Null)
+        .await;
+    let err = web.rotate().await.unwrap_err();
+    assert!(
+        err.contains("refused") && err.contains("old key stays"),
+        "{err}"
+    );
+    assert_eq!(sd.load_private_key().unwrap(), pending);
+    assert!(!sd.pending_key().exists());
+
+    // Coordinator down: a clear error, the old key stays, nothing written.
+    c.running.stop().await;
+    let err = web.rotate().await.unwrap_err();
+    assert!(
+        err.contains("unreachable") && err.contains("nothing changed"),
+        "{err}"
+    );
+    assert_eq!(sd.load_private_key().unwrap(), pending);
+    assert!(!sd.pending_key().exists());
+    assert!(web.rx.try_recv().is_err(), "the data plane was not touched");
+    web.shutdown().await;
+    db.shutdown().await;
+
+    // A crash inside the commit (cache sealed under the new key, rename not
+    // done): the next start finishes it.
+    let next = super::rotate::pending_or_new(&sd).unwrap();
+    let mut map = ControlClient::load(&sd, EndpointsReport::default())
+        .unwrap()
+        .current()
+        .unwrap()
+        .clone();
+    map.node.public_key = public_of(&next);
+    NetmapCache::new(sd.clone(), &next).save(&map).unwrap();
+    assert_eq!(super::rotate::recover(&sd).unwrap(), Some(public_of(&next)));
+    assert_eq!(sd.load_private_key().unwrap(), next);
+    let loaded = ControlClient::load(&sd, EndpointsReport::default()).unwrap();
+    assert_eq!(loaded.current().unwrap().node.public_key, public_of(&next));
 }

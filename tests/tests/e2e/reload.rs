@@ -6,55 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use segmesh_e2e::mesh::{addr, netmap, peer, web_api_pair};
-use segmesh_e2e::{Lab, NodeHandle, NodeSetup, Proc, bin_path, probe, wait_until};
-
-fn unix_ms() -> u128 {
-    #[allow(clippy::disallowed_methods)] // the cut-off is measured in real time
-    let now = std::time::SystemTime::now();
-    now.duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis()
-}
-
-/// A TCP stream from `from` to `to`, one echo every 20 ms for 15 s. A 1.5 s
-/// read timeout, so a loaded CI machine does not break a healthy stream; the
-/// cut-off is measured from the last echo, not from the timeout.
-fn stream(lab: &Lab, name: &str, from: &NodeHandle, to: SocketAddr) -> Proc {
-    Proc::spawn(
-        name,
-        Some(from.ns()),
-        lab.dir(),
-        &bin_path("probe"),
-        &[
-            "stream",
-            &to.to_string(),
-            "--interval-ms",
-            "20",
-            "--duration-ms",
-            "15000",
-            "--read-timeout-ms",
-            "1500",
-        ],
-    )
-}
-
-/// Wall-clock times (Unix ms) of the echoes a stream received, and the time
-/// it gave up, if it did.
-fn echoes(p: &Proc) -> (Vec<u128>, Option<u128>) {
-    let text = p.stdout_text();
-    let oks = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("ok ").and_then(|t| t.parse().ok()))
-        .collect();
-    let fail = text.lines().find_map(|l| {
-        l.strip_prefix("fail ")?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    });
-    (oks, fail)
-}
+use segmesh_e2e::{Lab, NodeSetup, probe, wait_until};
 
 #[test]
 fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
@@ -90,12 +42,12 @@ fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
     probe::connect_eventually(web1.ns(), api_8080, Duration::from_secs(10));
     probe::connect_eventually(web2.ns(), api_8080, Duration::from_secs(10));
 
-    let mut s1 = stream(&lab, "stream-web-1", &web1, api_8080);
-    let s2 = stream(&lab, "stream-web-2", &web2, api_8080);
+    let mut s1 = probe::stream(&lab, "stream-web-1", web1.ns(), api_8080, 15_000);
+    let s2 = probe::stream(&lab, "stream-web-2", web2.ns(), api_8080, 15_000);
     wait_until(
         Duration::from_secs(5),
         "both streams to carry echoes",
-        || (echoes(&s1).0.len() >= 20 && echoes(&s2).0.len() >= 20).then_some(()),
+        || (probe::echoes(&s1).0.len() >= 20 && probe::echoes(&s2).0.len() >= 20).then_some(()),
     );
     let handshake_of = |st: &segmesh_node::status::NodeStatus, key| {
         st.peers
@@ -111,12 +63,12 @@ fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
         &[addr(&api.setup)],
         vec![web_peer(&web2.setup)],
     ));
-    let t_hup = unix_ms();
+    let t_hup = probe::unix_ms();
     api.reload();
     wait_until(Duration::from_secs(10), "web-1's stream to break", || {
         s1.try_exit()
     });
-    let (oks, fail) = echoes(&s1);
+    let (oks, fail) = probe::echoes(&s1);
     let last_ok = oks.last().copied().unwrap_or(0);
     let cut_ms = last_ok.saturating_sub(t_hup);
     println!(
@@ -137,7 +89,7 @@ fn removing_a_peer_and_sighup_cuts_its_traffic_within_a_second() {
     // web-2, whose entry did not change, never noticed: its stream kept
     // going and its session was not renegotiated.
     std::thread::sleep(Duration::from_millis(500));
-    let (oks2, fail2) = echoes(&s2);
+    let (oks2, fail2) = probe::echoes(&s2);
     assert!(
         fail2.is_none(),
         "web-2's stream broke: {}",
