@@ -120,6 +120,15 @@ pub struct NodeConfig {
     /// Worker threads of the runtime (default: one per core, at most 2).
     #[serde(default)]
     pub threads: Option<NonZeroUsize>,
+    /// Kernel offloads on the data path (default on): TUN super-packets
+    /// (`IFF_VNET_HDR`), UDP GSO and GRO. Off is slower; it exists for
+    /// kernels or sandboxes that refuse them, and to measure what they buy.
+    #[serde(default = "default_offload")]
+    pub offload: bool,
+}
+
+fn default_offload() -> bool {
+    true
 }
 
 impl NodeConfig {
@@ -172,6 +181,7 @@ mod tests {
         assert_eq!(c.private_key_file, Path::new("/etc/segmesh/wg.key"));
         assert_eq!(c.netmap_file, Path::new("/var/lib/segmesh/netmap.json"));
         assert!(c.listen_address.is_none() && c.flow_log.is_none() && c.control_socket.is_none());
+        assert!(c.offload);
     }
 
     #[test]
@@ -186,9 +196,11 @@ mtu = 1380
 flow_log = "flows.jsonl"
 control_socket = "/run/x.sock"
 threads = 1
+offload = false
 "#,
         )
         .unwrap();
+        assert!(!c.offload);
         assert_eq!(c.interface.as_str(), "sm1");
         assert_eq!(c.listen_address, Some("10.0.0.1".parse().unwrap()));
         assert_eq!(c.flow_log, Some(PathBuf::from("/etc/segmesh/flows.jsonl")));

@@ -1,31 +1,36 @@
-//! The tokio driver: moves bytes between the TUN device, the UDP socket and
-//! the sans-IO [`Node`], and time into it. Every decision is the core's.
+//! The driver: moves bytes between the TUN device, the UDP socket and the
+//! sans-IO [`Node`], and time into it. Every decision is the core's.
 //!
-//! Tasks: TUN reader, UDP reader, timer, event sink (logs, flow log) and
-//! netmap watcher (SIGHUP and a 500 ms mtime poll). The core sits behind a
+//! Packets move on two dedicated threads ([`crate::pump`]); tokio runs the
+//! timer, the event sink (logs, flow log), the netmap watcher (SIGHUP and a
+//! 500 ms mtime poll) and the control sockets. The core sits behind a
 //! `std::sync::Mutex` that is held only while the core runs, never across
-//! an `.await`; each task drains the core's outputs while it holds the lock
-//! and sends them after releasing it. Buffers go back to the core's pool at
-//! the task's next lock, so the steady state does not allocate.
+//! an `.await` or a system call; each holder drains the core's outputs under
+//! the lock and writes them after releasing it. Buffers go back to the
+//! core's pool at the holder's next lock, so the steady state does not
+//! allocate.
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use segmesh_config::{NetMap, NodeConfig};
-use tokio::net::UdpSocket;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
-use tun_rs::AsyncDevice;
 
 use crate::control::PlaneCommand;
-use crate::core::{ApplyError, Event, Node, Transmit};
+use crate::core::{ApplyError, Event, Node};
 use crate::flowlog::{FlowLog, FlowLogLimits};
+use crate::pump::{Outputs, Pump};
 use crate::status::{NodeStatus, PeerStatus, StatusSource};
+use crate::tunio::TunIo;
+use crate::udpio::{self, UdpIo};
 use crate::{ctlsock, tundev, uapi, unixsock};
 
 /// How often the netmap file's mtime is checked.
@@ -35,8 +40,6 @@ const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// Events waiting for the log/flow-log task; beyond this they are dropped
 /// (the flow log is rate-limited anyway).
 const EVENT_QUEUE: usize = 4096;
-/// Largest datagram or TUN frame read.
-const READ_BUF: usize = 65_536;
 
 /// The wall clock, for the flow log and handshake times (the core never
 /// sees it).
@@ -73,7 +76,7 @@ pub type NetmapFeed = mpsc::Receiver<(
     tokio::sync::oneshot::Sender<Result<(), String>>,
 )>;
 
-struct Shared {
+pub(crate) struct Shared {
     core: Mutex<Node>,
     interface: String,
     listen_port: u16,
@@ -87,7 +90,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Node> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Node> {
         // A panic while holding the lock would be a core bug; the state is
         // still the best we have, so keep going rather than cascade.
         self.core.lock().unwrap_or_else(|e| e.into_inner())
@@ -124,70 +127,6 @@ impl StatusSource for Shared {
                 .collect(),
             drops: st.drops,
         }
-    }
-}
-
-/// Outputs drained from the core under the lock, sent after it.
-#[derive(Default)]
-struct Batch {
-    transmits: Vec<Transmit>,
-    tun: Vec<Vec<u8>>,
-    /// Buffers already sent, returned to the core at the next lock.
-    spent: Vec<Vec<u8>>,
-}
-
-impl Batch {
-    /// Returns spent buffers and takes new outputs; call with the lock held.
-    fn exchange(&mut self, core: &mut Node, events: &mpsc::Sender<Event>) {
-        for b in self.spent.drain(..) {
-            core.recycle(b);
-        }
-        while let Some(t) = core.poll_transmit() {
-            self.transmits.push(t);
-        }
-        while let Some(p) = core.poll_tun_write() {
-            self.tun.push(p);
-        }
-        while let Some(e) = core.poll_event() {
-            if events.try_send(e).is_err() {
-                tracing::trace!("event queue full, event dropped");
-            }
-        }
-    }
-
-    async fn flush(&mut self, udp: &UdpSocket, tun: &AsyncDevice, v6_socket: bool) {
-        for t in self.transmits.drain(..) {
-            let dst = if v6_socket { to_v6(t.dst) } else { t.dst };
-            if let Err(e) = udp.send_to(&t.payload, dst).await {
-                tracing::debug!(endpoint = %t.dst, error = %e, "udp send failed");
-            }
-            self.spent.push(t.payload);
-        }
-        for p in self.tun.drain(..) {
-            if let Err(e) = tun.send(&p).await {
-                tracing::debug!(error = %e, "tun write failed");
-            }
-            self.spent.push(p);
-        }
-    }
-}
-
-/// IPv4 peers are addressed as v4-mapped on a dual-stack socket.
-fn to_v6(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
-        v6 => v6,
-    }
-}
-
-/// ...and reported as plain IPv4, so endpoints compare equal to the netmap's.
-fn from_v6(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => a,
-        },
-        v4 => v4,
     }
 }
 
@@ -228,25 +167,6 @@ fn bind_udp(
     Err(e).with_context(|| format!("binding UDP {addr}"))
 }
 
-fn setsockopt_int(sock: &std::net::UdpSocket, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Large socket buffers absorb bursts; the FORCE variants (we hold
 /// CAP_NET_ADMIN anyway, for the TUN) go past `net.core.rmem_max`.
 fn set_buffers(sock: &std::net::UdpSocket) {
@@ -254,8 +174,9 @@ fn set_buffers(sock: &std::net::UdpSocket) {
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        if setsockopt_int(sock, force, SOCKET_BUFFER).is_err()
-            && let Err(e) = setsockopt_int(sock, plain, SOCKET_BUFFER)
+        let fd = sock.as_raw_fd();
+        if udpio::setsockopt(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err()
+            && let Err(e) = udpio::setsockopt(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER)
         {
             tracing::debug!(error = %e, "setting socket buffer size");
         }
@@ -285,10 +206,16 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
 
     let (std_udp, v6_socket) = bind_udp(cfg, &s.config_path)?;
     set_buffers(&std_udp);
-    std_udp.set_nonblocking(true)?;
-    let udp = Arc::new(UdpSocket::from_std(std_udp)?);
+    let udp = Arc::new(UdpIo::new(std_udp, v6_socket, cfg.offload)?);
     let listen_port = udp.local_addr()?.port();
-    let tun = Arc::new(tundev::create(cfg, &map)?);
+    let tun = Arc::new(TunIo::new(tundev::create(cfg, &map)?, cfg.mtu)?);
+    let (gro, gso) = udp.offloads();
+    tracing::info!(
+        tun_offload = tun.offload(),
+        udp_gro = gro,
+        udp_gso = gso,
+        "data path offloads"
+    );
 
     let shared = Arc::new(Shared {
         core: Mutex::new(node),
@@ -333,16 +260,28 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     };
     // Every task's log lines carry the node's name.
     let span = tracing::info_span!("node", node = %applier.current.node.name);
-    let wires = Wires {
+    let pump = Pump {
         shared: shared.clone(),
         udp,
         tun,
         events: ev_tx,
-        v6: v6_socket,
+        stop: Arc::new(AtomicBool::new(false)),
     };
-    tasks.spawn(tun_task(wires.clone()).instrument(span.clone()));
-    tasks.spawn(udp_task(wires.clone()).instrument(span.clone()));
-    tasks.spawn(timer_task(wires).instrument(span.clone()));
+    let mut threads = Vec::new();
+    for (handle, done) in span
+        .in_scope(|| pump.start())
+        .context("starting the packet threads")?
+    {
+        threads.push(handle);
+        tasks.spawn(async move {
+            match done.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::Error::from(e).context("packet thread failed")),
+                Err(_) => Err(anyhow::anyhow!("packet thread panicked")),
+            }
+        });
+    }
+    tasks.spawn(timer_task(pump.clone()).instrument(span.clone()));
     tasks.spawn(event_task(ev_rx, flowlog).instrument(span.clone()));
     match s.feed {
         Some(feed) => tasks.spawn(feed_task(applier, feed).instrument(span.clone())),
@@ -379,95 +318,38 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     };
     tracing::info!("shutting down");
     // Dropping the tasks closes the sockets and removes the socket files;
-    // dropping the TUN device removes the interface.
+    // the packet threads notice the flag within STOP_CHECK, and the last
+    // reference to the TUN device removes the interface.
+    pump.stop.store(true, Ordering::Relaxed);
     tasks.shutdown().await;
+    drop(pump);
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     result
 }
 
-/// What the byte-moving tasks share.
-#[derive(Clone)]
-struct Wires {
-    shared: Arc<Shared>,
-    udp: Arc<UdpSocket>,
-    tun: Arc<AsyncDevice>,
-    events: mpsc::Sender<Event>,
-    /// The UDP socket is dual-stack IPv6 (IPv4 peers are v4-mapped).
-    v6: bool,
-}
-
-impl Wires {
-    /// One turn: run `f` on the locked core, take its outputs, unlock, send.
-    async fn turn(&self, batch: &mut Batch, f: impl FnOnce(&mut Node)) {
-        {
-            let mut core = self.shared.lock();
-            f(&mut core);
-            batch.exchange(&mut core, &self.events);
-        }
-        batch.flush(&self.udp, &self.tun, self.v6).await;
-    }
-}
-
-/// Whatever else is ready is read while the lock is held, up to this many.
-const READ_BATCH: usize = 32;
-
-async fn tun_task(w: Wires) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; READ_BUF];
-    let mut batch = Batch::default();
-    let tun = w.tun.clone();
+/// WireGuard timers (handshakes, keepalives) and filter housekeeping. The
+/// few datagrams they produce are sent from here; a full socket buffer
+/// blocks this task at most `udpio::SEND_WAIT`.
+async fn timer_task(p: Pump) -> anyhow::Result<()> {
+    let mut out = Outputs::default();
     loop {
-        let n = tun.recv(&mut buf).await.context("reading the TUN device")?;
-        w.turn(&mut batch, |core| {
-            core.handle_tun(now(), &buf[..n]);
-            for _ in 1..READ_BATCH {
-                match tun.try_recv(&mut buf) {
-                    Ok(n) => core.handle_tun(now(), &buf[..n]),
-                    Err(_) => break,
-                }
-            }
-        })
-        .await;
-    }
-}
-
-async fn udp_task(w: Wires) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; READ_BUF];
-    let mut batch = Batch::default();
-    let udp = w.udp.clone();
-    loop {
-        let (n, from) = match udp.recv_from(&mut buf).await {
-            Ok(r) => r,
-            // ICMP port unreachable from an old endpoint surfaces here; not fatal.
-            Err(e) => {
-                tracing::debug!(error = %e, "udp receive");
-                continue;
-            }
-        };
-        w.turn(&mut batch, |core| {
-            core.handle_udp(now(), from_v6(from), &buf[..n]);
-            for _ in 1..READ_BATCH {
-                match udp.try_recv_from(&mut buf) {
-                    Ok((n, from)) => core.handle_udp(now(), from_v6(from), &buf[..n]),
-                    Err(_) => break,
-                }
-            }
-        })
-        .await;
-    }
-}
-
-async fn timer_task(w: Wires) -> anyhow::Result<()> {
-    let mut batch = Batch::default();
-    loop {
-        let next = w
+        let next = p
             .shared
             .lock()
             .poll_timeout()
             .unwrap_or_else(|| now() + Duration::from_secs(1));
         tokio::select! {
             () = tokio::time::sleep_until(next.into()) => {}
-            () = w.shared.wake.notified() => {}
+            () = p.shared.wake.notified() => {}
         }
-        w.turn(&mut batch, |core| core.handle_timeout(now())).await;
+        {
+            let mut core = p.shared.lock();
+            core.handle_timeout(now());
+            out.exchange(&mut core, &p.events);
+        }
+        out.flush(&p.udp, &p.tun);
     }
 }
 
@@ -523,7 +405,7 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 /// Applies netmaps to the core and the interface, and logs what changed.
 struct Applier {
     shared: Arc<Shared>,
-    tun: Arc<AsyncDevice>,
+    tun: Arc<TunIo>,
     current: NetMap,
 }
 
@@ -539,7 +421,12 @@ impl Applier {
         for p in &diff.updated {
             tracing::info!(peer = %p, "peer updated");
         }
-        tundev::sync(&self.tun, &self.shared.interface, &self.current, &map);
+        tundev::sync(
+            self.tun.device(),
+            &self.shared.interface,
+            &self.current,
+            &map,
+        );
         tracing::info!(
             netmap_version = map.version,
             peers = map.peers.len(),
@@ -620,15 +507,6 @@ async fn netmap_task(mut applier: Applier, path: PathBuf, mut hup: Signal) -> an
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mapped_addresses_roundtrip() {
-        let a: SocketAddr = "10.0.0.1:51820".parse().unwrap();
-        assert!(to_v6(a).is_ipv6());
-        assert_eq!(from_v6(to_v6(a)), a);
-        let b: SocketAddr = "[fd00::1]:1".parse().unwrap();
-        assert_eq!(from_v6(b), b);
-    }
 
     fn config(port: u16) -> NodeConfig {
         let text = format!(

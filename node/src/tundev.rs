@@ -11,7 +11,12 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use ipnet::IpNet;
 use segmesh_config::{NetMap, NodeConfig};
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+/// Packets the kernel queues towards the node (tun's default is 500): a
+/// burst that arrives while the packet thread waits for a core is queued,
+/// not dropped (the harness counts these drops as `if_tx_dropped`).
+const TX_QUEUE_LEN: u32 = 1000;
 
 /// The address's prefix length on the TUN: that of the widest overlay
 /// prefix containing it, else a host route.
@@ -50,7 +55,7 @@ impl Layout {
     }
 }
 
-fn add_address(dev: &AsyncDevice, addr: IpAddr, prefix: u8) -> std::io::Result<()> {
+fn add_address(dev: &SyncDevice, addr: IpAddr, prefix: u8) -> std::io::Result<()> {
     match addr {
         IpAddr::V4(a) => dev.add_address_v4(a, prefix),
         IpAddr::V6(a) => dev.add_address_v6(a, prefix),
@@ -67,11 +72,30 @@ fn route(op: &str, net: &IpNet, interface: &str) {
     }
 }
 
-/// Creates the TUN device for `map`.
-pub fn create(config: &NodeConfig, map: &NetMap) -> anyhow::Result<AsyncDevice> {
+/// Creates the TUN device for `map`, with offloads (virtio headers, TSO)
+/// when the config asks for them and the kernel grants them.
+pub fn create(config: &NodeConfig, map: &NetMap) -> anyhow::Result<SyncDevice> {
+    if config.offload {
+        match build(config, map, true) {
+            Ok(dev) => return Ok(dev),
+            Err(e) => tracing::warn!(
+                interface = config.interface.as_str(),
+                error = %format_args!("{e:#}"),
+                "creating the TUN device with offloads failed; retrying without (one packet per system call)"
+            ),
+        }
+    }
+    build(config, map, false)
+}
+
+fn build(config: &NodeConfig, map: &NetMap, offload: bool) -> anyhow::Result<SyncDevice> {
     let name = config.interface.as_str();
     let layout = Layout::of(map);
-    let mut b = DeviceBuilder::new().name(name).mtu(config.mtu);
+    let mut b = DeviceBuilder::new()
+        .name(name)
+        .mtu(config.mtu)
+        .tx_queue_len(TX_QUEUE_LEN)
+        .offload(offload);
     // The builder takes one IPv4 address; any others are added after.
     let first_v4 = layout.addresses.iter().find(|(a, _)| a.is_ipv4()).copied();
     if let Some((IpAddr::V4(a), p)) = first_v4 {
@@ -82,7 +106,7 @@ pub fn create(config: &NodeConfig, map: &NetMap) -> anyhow::Result<AsyncDevice> 
             b = b.ipv6(a, p);
         }
     }
-    let dev = b.build_async().with_context(|| {
+    let dev = b.build_sync().with_context(|| {
         format!("creating TUN device {name} (needs CAP_NET_ADMIN and /dev/net/tun)")
     })?;
     for &(a, p) in layout.addresses.iter().filter(|(a, _)| a.is_ipv4()).skip(1) {
@@ -97,7 +121,7 @@ pub fn create(config: &NodeConfig, map: &NetMap) -> anyhow::Result<AsyncDevice> 
 /// Moves the interface from `old`'s layout to `new`'s: addresses and routes
 /// that went away are removed, new ones added. Failures are logged; the
 /// tunnel keeps running with what it has.
-pub fn sync(dev: &AsyncDevice, interface: &str, old: &NetMap, new: &NetMap) {
+pub fn sync(dev: &SyncDevice, interface: &str, old: &NetMap, new: &NetMap) {
     let (old, new) = (Layout::of(old), Layout::of(new));
     if old == new {
         return;

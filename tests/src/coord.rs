@@ -27,8 +27,15 @@ impl Coordinator {
     /// Writes `coordinator.toml` for a coordinator on `host` (SQLite in
     /// the lab directory, port 8443 on the underlay, 2 s heartbeats).
     pub fn configure(lab: &Lab, host: Host) -> Coordinator {
-        let data = lab.path("coord-data");
-        let config = lab.path("coordinator.toml");
+        Self::configure_as(lab, host, "coord")
+    }
+
+    /// Like [`Coordinator::configure`], for a second coordinator in the
+    /// same lab (its own data dir, hence its own CA): `{name}-data`,
+    /// `{name}.toml`.
+    pub fn configure_as(lab: &Lab, host: Host, name: &str) -> Coordinator {
+        let data = lab.path(&format!("{name}-data"));
+        let config = lab.path(&format!("{name}.toml"));
         let url = format!("https://{}:8443", host.underlay);
         std::fs::write(
             &config,
@@ -37,13 +44,25 @@ impl Coordinator {
                 host.underlay
             ),
         )
-        .expect("write coordinator.toml");
+        .expect("write the coordinator config");
         Coordinator {
             host,
             data,
             config,
             url,
         }
+    }
+
+    /// A coordinator on its own host `coord`, started, with `policy`
+    /// applied.
+    pub fn launch(lab: &Lab, policy: &str) -> (Coordinator, Proc) {
+        let coord = Coordinator::configure(lab, lab.host("coord"));
+        let proc = coord.start(lab, 1);
+        std::fs::write(lab.path("policy.toml"), policy).expect("write policy");
+        let path = lab.path("policy.toml").display().to_string();
+        let applied = coord.ctl_ok(&["policy", "apply", &path]);
+        assert!(applied.contains("applied as policy version 1"), "{applied}");
+        (coord, proc)
     }
 
     /// Starts `segmesh-coordinator serve` and waits until it serves; `n`

@@ -4,6 +4,7 @@
 mod adversaries;
 mod cli_docs;
 mod coordinated;
+mod dataplane;
 mod harness;
 mod interop;
 mod reload;

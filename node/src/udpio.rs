@@ -1,0 +1,521 @@
+//! Batched I/O on the WireGuard UDP socket: one `recvmmsg` returns many
+//! datagrams, one `sendmmsg` sends many. With UDP GRO the kernel hands over a
+//! train of same-sized datagrams from one sender as one buffer (with the
+//! segment size in a control message); with UDP GSO (`UDP_SEGMENT`) we hand
+//! it such a train to cut up. Per-packet system calls, not crypto, bound a
+//! userspace tunnel, so this is where throughput comes from.
+//!
+//! The socket is non-blocking; the data plane threads wait with `poll(2)`.
+//! Scratch space ([`RecvBatch`], [`SendBatch`]) is per thread and reused, so
+//! the steady state allocates nothing.
+
+use std::io;
+use std::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Datagrams (or GRO trains of up to ~45 datagrams) read per `recvmmsg`:
+/// enough to amortise the call, few enough that the buffers in flight (and
+/// so the node's RSS) stay small.
+const RECV_BATCH: usize = 4;
+/// Room for one GRO train: the kernel never coalesces beyond 64 KiB.
+const RECV_BUF: usize = 65_536;
+/// Datagrams per GSO send; the kernel's UDP_MAX_SEGMENTS is at least 64.
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Bytes per GSO send (an IP datagram's limit, less headers).
+const GSO_MAX_BYTES: usize = 65_000;
+/// How long a send waits for socket buffer space before dropping the rest
+/// of a batch (WireGuard and TCP above it recover from loss).
+const SEND_WAIT: Duration = Duration::from_millis(100);
+
+/// Control message space: one `int` (GRO) or one `u16` (GSO), 8-aligned.
+type Cmsg = [u64; 4];
+
+/// The WireGuard socket and what the kernel supports on it.
+#[derive(Debug)]
+pub struct UdpIo {
+    sock: UdpSocket,
+    /// Dual-stack IPv6 socket: IPv4 peers are addressed as v4-mapped.
+    v6: bool,
+    gso: AtomicBool,
+    gro: bool,
+}
+
+impl UdpIo {
+    /// Takes a bound socket, makes it non-blocking and turns on GRO and GSO
+    /// where the kernel has them.
+    pub fn new(sock: UdpSocket, v6: bool, offload: bool) -> io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        let fd = sock.as_raw_fd();
+        let gro = offload && setsockopt(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        let gso = offload && getsockopt(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok();
+        tracing::debug!(gro, gso, "udp offloads");
+        Ok(Self {
+            sock,
+            v6,
+            gso: AtomicBool::new(gso),
+            gro,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+
+    /// (GRO, GSO) as currently in use.
+    pub fn offloads(&self) -> (bool, bool) {
+        (self.gro, self.gso.load(Ordering::Relaxed))
+    }
+
+    /// Waits until a datagram can be read, or `timeout` passes.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        poll_fd(self.sock.as_raw_fd(), libc::POLLIN, timeout)
+    }
+
+    /// Reads what is queued (without waiting) into `b`; returns the number
+    /// of messages, 0 when nothing was queued.
+    pub fn recv(&self, b: &mut RecvBatch) -> io::Result<usize> {
+        b.prepare();
+        // SAFETY: every header points into `b`'s buffers, which outlive
+        // the call and are not moved during it.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.sock.as_raw_fd(),
+                b.hdrs.as_mut_ptr(),
+                b.hdrs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        b.collect(n as usize);
+        Ok(b.got.len())
+    }
+
+    /// Sends datagrams in order; each `(dst, payload)` is one datagram. Runs
+    /// of equal-sized datagrams to one destination go out as one GSO send.
+    /// Per-destination errors are logged and skipped.
+    pub fn send<'a, I>(&self, b: &mut SendBatch, datagrams: I)
+    where
+        I: IntoIterator<Item = (SocketAddr, &'a [u8])>,
+    {
+        b.clear();
+        for (dst, payload) in datagrams {
+            b.dsts.push(if self.v6 { to_v6(dst) } else { dst });
+            b.iovs.push(libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            });
+        }
+        let mut from = 0;
+        while from < b.iovs.len() {
+            let gso = self.gso.load(Ordering::Relaxed);
+            match self.send_from(b, from, gso) {
+                Ok(()) => return,
+                Err(resume) if gso => {
+                    // EIO: the route's device cannot segment; never again.
+                    tracing::info!("UDP GSO refused by the kernel; sending datagrams one by one");
+                    self.gso.store(false, Ordering::Relaxed);
+                    from = resume;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Sends datagrams `from..`; on a GSO failure returns the index of the
+    /// first datagram not sent.
+    fn send_from(&self, b: &mut SendBatch, from: usize, gso: bool) -> Result<(), usize> {
+        b.group(from, gso);
+        let fd = self.sock.as_raw_fd();
+        let mut sent = 0;
+        while sent < b.hdrs.len() {
+            // SAFETY: the headers point into `b` (names, iovecs, control
+            // space) and into the caller's payloads, all alive and unmoved.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    b.hdrs[sent..].as_mut_ptr(),
+                    (b.hdrs.len() - sent) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                sent += n as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => {
+                    if !poll_fd(fd, libc::POLLOUT, SEND_WAIT).unwrap_or(false) {
+                        tracing::debug!(
+                            dropped = b.hdrs.len() - sent,
+                            "udp send buffer full; batch dropped"
+                        );
+                        return Ok(());
+                    }
+                }
+                _ if gso && e.raw_os_error() == Some(libc::EIO) && b.segments[sent] > 1 => {
+                    return Err(b.first[sent]);
+                }
+                _ => {
+                    tracing::debug!(endpoint = %from_v6(b.dsts[b.first[sent]]), error = %e, "udp send failed");
+                    sent += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Receive scratch space for one thread.
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    names: Vec<libc::sockaddr_storage>,
+    cmsgs: Vec<Cmsg>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// Per message read: sender, length, segment size (GRO) or length.
+    got: Vec<(SocketAddr, usize, usize)>,
+    v6: bool,
+}
+
+impl RecvBatch {
+    pub fn new(io: &UdpIo) -> Self {
+        // Zeroed allocations this large are fresh mappings: only the pages
+        // datagrams are written to count towards RSS.
+        Self {
+            bufs: (0..RECV_BATCH).map(|_| vec![0; RECV_BUF]).collect(),
+            // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+            names: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
+            cmsgs: vec![[0; 4]; RECV_BATCH],
+            iovs: Vec::with_capacity(RECV_BATCH),
+            hdrs: Vec::with_capacity(RECV_BATCH),
+            got: Vec::with_capacity(RECV_BATCH),
+            v6: io.v6,
+        }
+    }
+
+    fn prepare(&mut self) {
+        self.iovs.clear();
+        self.hdrs.clear();
+        self.got.clear();
+        for buf in &mut self.bufs {
+            self.iovs.push(libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            });
+        }
+        for i in 0..RECV_BATCH {
+            // SAFETY: mmsghdr is plain old data; all-zero is valid.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = size_of::<Cmsg>();
+            self.hdrs.push(h);
+        }
+    }
+
+    fn collect(&mut self, n: usize) {
+        for i in 0..n {
+            let h = &self.hdrs[i];
+            let len = h.msg_len as usize;
+            let Some(from) = from_sockaddr(&self.names[i]) else {
+                continue;
+            };
+            let seg = gro_size(&h.msg_hdr).filter(|&s| s > 0).unwrap_or(len);
+            let from = if self.v6 { from_v6(from) } else { from };
+            self.got.push((from, len, seg));
+        }
+    }
+
+    /// Every datagram read by the last [`UdpIo::recv`], in arrival order,
+    /// with GRO trains cut back into datagrams.
+    pub fn for_each(&self, mut f: impl FnMut(SocketAddr, &[u8])) {
+        for (i, &(from, len, seg)) in self.got.iter().enumerate() {
+            for d in self.bufs[i][..len].chunks(seg.max(1)) {
+                f(from, d);
+            }
+        }
+    }
+}
+
+/// Send scratch space for one thread.
+#[derive(Default)]
+pub struct SendBatch {
+    dsts: Vec<SocketAddr>,
+    iovs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_storage>,
+    cmsgs: Vec<Cmsg>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// Per message: index of its first datagram, and how many it carries.
+    first: Vec<usize>,
+    segments: Vec<usize>,
+}
+
+impl SendBatch {
+    fn clear(&mut self) {
+        self.dsts.clear();
+        self.iovs.clear();
+    }
+
+    /// Builds one message per GSO run (or per datagram without GSO),
+    /// starting at datagram `from`. A run is datagrams to one destination
+    /// of one size, optionally ended by one shorter datagram.
+    fn group(&mut self, from: usize, gso: bool) {
+        self.hdrs.clear();
+        self.first.clear();
+        self.segments.clear();
+        let n = self.iovs.len();
+        let mut i = from;
+        while i < n {
+            let size = self.iovs[i].iov_len;
+            let mut j = i + 1;
+            let mut bytes = size;
+            if gso {
+                while j < n
+                    && j - i < GSO_MAX_SEGMENTS
+                    && self.dsts[j] == self.dsts[i]
+                    && self.iovs[j].iov_len <= size
+                    && bytes + self.iovs[j].iov_len <= GSO_MAX_BYTES
+                {
+                    bytes += self.iovs[j].iov_len;
+                    j += 1;
+                    if self.iovs[j - 1].iov_len < size {
+                        break;
+                    }
+                }
+            }
+            self.first.push(i);
+            self.segments.push(j - i);
+            i = j;
+        }
+        let m = self.first.len();
+        if self.names.len() < m {
+            // SAFETY: plain old data; all-zero is valid.
+            self.names.resize(m, unsafe { std::mem::zeroed() });
+            self.cmsgs.resize(m, [0; 4]);
+        }
+        for k in 0..m {
+            let (i, segs) = (self.first[k], self.segments[k]);
+            let namelen = to_sockaddr(self.dsts[i], &mut self.names[k]);
+            // SAFETY: plain old data; all-zero is valid.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (&mut self.names[k] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = namelen;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = segs;
+            if segs > 1 {
+                let space = set_gso_cmsg(&mut self.cmsgs[k], self.iovs[i].iov_len as u16);
+                h.msg_hdr.msg_control = self.cmsgs[k].as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = space;
+            }
+            self.hdrs.push(h);
+        }
+    }
+}
+
+/// Writes a `UDP_SEGMENT` control message; returns its space.
+fn set_gso_cmsg(buf: &mut Cmsg, size: u16) -> usize {
+    // SAFETY: `buf` is 32 bytes, 8-aligned: room for CMSG_SPACE(2) (24);
+    // the header pointer comes from CMSG_FIRSTHDR on a msghdr describing it.
+    unsafe {
+        let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_control = buf.as_mut_ptr().cast();
+        m.msg_controllen = space;
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+        space
+    }
+}
+
+/// The GRO segment size in a received message's control data, if any.
+fn gro_size(m: &libc::msghdr) -> Option<usize> {
+    // SAFETY: walks the control data the kernel wrote, within
+    // msg_controllen, with the libc macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).ok();
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+    }
+    None
+}
+
+fn to_sockaddr(a: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    // SAFETY: sockaddr_storage is large and aligned enough for either.
+    unsafe {
+        match a {
+            SocketAddr::V4(v4) => {
+                let p = (s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                *p = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*v4.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                size_of::<libc::sockaddr_in>() as libc::socklen_t
+            }
+            SocketAddr::V6(v6) => {
+                let p = (s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                *p = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: v6.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: v6.scope_id(),
+                };
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t
+            }
+        }
+    }
+}
+
+fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    // SAFETY: the family field says which layout the kernel wrote.
+    unsafe {
+        match i32::from(s.ss_family) {
+            libc::AF_INET => {
+                let a = &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                let a = &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// IPv4 peers are addressed as v4-mapped on a dual-stack socket.
+pub fn to_v6(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        v6 => v6,
+    }
+}
+
+/// ...and reported as plain IPv4, so endpoints compare equal to the netmap's.
+pub fn from_v6(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Waits for `events` on `fd`; false on timeout.
+pub fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut p, 1, ms) };
+    match rc {
+        0 => Ok(false),
+        n if n > 0 => Ok(true),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+pub fn setsockopt(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid fd and a pointer to a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn getsockopt(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid fd and a c_int-sized out buffer.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(v)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_roundtrip() {
+        let a: SocketAddr = "10.0.0.1:51820".parse().unwrap();
+        assert!(to_v6(a).is_ipv6());
+        assert_eq!(from_v6(to_v6(a)), a);
+        let b: SocketAddr = "[fd00::1]:1".parse().unwrap();
+        assert_eq!(from_v6(b), b);
+    }
+}
