@@ -4,6 +4,8 @@
 //! compiler. Pure code: no IO beyond reading the files it is asked to parse.
 
 pub mod audit;
+#[cfg(feature = "cli-docs")]
+pub mod cli_docs;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod compile;

@@ -71,6 +71,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Docs(segmesh_config::cli_docs::DocsCommand),
 }
 
 /// Parses a base64 private key (as `wg genkey` writes it).
@@ -233,6 +235,7 @@ pub fn main() -> anyhow::Result<()> {
             socket,
             json,
         } => rotate_key(config.as_deref(), socket, json)?,
+        Command::Docs(docs) => docs.run(<Cli as clap::CommandFactory>::command())?,
     }
     Ok(())
 }

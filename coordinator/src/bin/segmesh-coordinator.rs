@@ -50,6 +50,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Docs(segmesh_config::cli_docs::DocsCommand),
 }
 
 fn main() {
@@ -59,20 +61,24 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    let result = match cli.command {
+        Command::Serve { config } => run(config),
+        Command::MigrateStore { from, to, json } => migrate_store(&from, &to, json),
+        Command::Docs(docs) => docs
+            .run(<Cli as clap::CommandFactory>::command())
+            .map_err(Into::into),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
 #[tokio::main]
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = match cli.command {
-        Command::Serve { config } => config,
-        Command::MigrateStore { from, to, json } => return migrate_store(&from, &to, json).await,
-    };
+async fn run(config: PathBuf) -> anyhow::Result<()> {
     let cfg = CoordinatorConfig::load(&config)?;
     let prepared = prepare(&cfg, Arc::new(SystemClock))
         .await
@@ -101,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::main]
 async fn migrate_store(from: &StoreLocation, to: &StoreLocation, json: bool) -> anyhow::Result<()> {
     let report = store::migrate::between(from, to)
         .await

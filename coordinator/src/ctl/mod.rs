@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Docs(segmesh_config::cli_docs::DocsCommand),
 }
 
 /// Runs a parsed command line.
@@ -58,6 +60,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Nodes(cmd) => nodes::run(&cli.conn, cmd).map(|()| ExitCode::SUCCESS),
         Command::AuditLog { limit, json } => {
             nodes::audit_log(&cli.conn, limit, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Docs(docs) => {
+            docs.run(<Cli as clap::CommandFactory>::command())?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -2,6 +2,7 @@
 //! parallel threads; each test builds its own namespaces with unique names.
 
 mod adversaries;
+mod cli_docs;
 mod coordinated;
 mod dataplane;
 mod harness;
