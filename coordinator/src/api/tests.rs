@@ -662,8 +662,33 @@ impl std::io::Write for LogBuf {
     }
 }
 
+/// Set in the child process that runs [`no_secret_reaches_the_logs`] alone.
+const LOG_TEST_CHILD: &str = "SEGMESH_LOG_TEST_CHILD";
+
 #[tokio::test]
 async fn no_secret_reaches_the_logs() {
+    // A thread-local subscriber missed events when other tests in this
+    // binary ran at the same time (tracing caches per-callsite interest
+    // process-wide), so the test re-runs itself alone in a child process.
+    if std::env::var_os(LOG_TEST_CHILD).is_none() {
+        let name = "api::tests::no_secret_reaches_the_logs";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads=1", "--nocapture"])
+            .env(LOG_TEST_CHILD, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("1 passed"),
+            "the child did not run {name}: {text}"
+        );
+        return;
+    }
     let logs = LogBuf::default();
     let sink = logs.clone();
     let subscriber = tracing_subscriber::fmt()
