@@ -268,17 +268,16 @@ impl PortSet {
 
     /// Adds one spec.
     pub fn insert(&mut self, spec: PortSpec) {
-        if spec == PortSpec::Any {
+        let PortSpec::Proto(proto, range) = spec else {
             *self = Self::any();
             return;
-        }
+        };
         let s = Arc::make_mut(&mut self.0);
-        match spec {
-            PortSpec::Any => {}
-            PortSpec::Proto(Proto::Tcp, r) => s.tcp.insert(r.unwrap_or(Ranges::FULL)),
-            PortSpec::Proto(Proto::Udp, r) => s.udp.insert(r.unwrap_or(Ranges::FULL)),
-            PortSpec::Proto(Proto::Icmp, _) => s.icmp = true,
-            PortSpec::Proto(Proto::Other, _) => s.other = true,
+        match proto {
+            Proto::Tcp => s.tcp.insert(range.unwrap_or(Ranges::FULL)),
+            Proto::Udp => s.udp.insert(range.unwrap_or(Ranges::FULL)),
+            Proto::Icmp => s.icmp = true,
+            Proto::Other => s.other = true,
         }
     }
 
