@@ -14,7 +14,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -180,6 +182,9 @@ pub fn tls_config(
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
+/// The `Upgrade` protocol of the node session (GET /v1/session).
+pub const SESSION_PROTOCOL: &str = "segmesh-session/1";
+
 /// A coordinator endpoint plus TLS settings. Clones share the kept-alive
 /// connection of [`HttpsClient::request`].
 #[derive(Clone)]
@@ -282,8 +287,9 @@ impl HttpsClient {
             .map_err(connect_err)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
-            // Ends when the sender is dropped or the server closes.
-            let _ = conn.await;
+            // Ends when the sender is dropped or the server closes, or hands
+            // the connection over to a session (see `HttpsClient::session`).
+            let _ = conn.with_upgrades().await;
         });
         Ok(sender)
     }
@@ -360,17 +366,97 @@ impl HttpsClient {
             return Ok(Err(Response { status, body }));
         }
         Ok(Ok(LineStream {
-            body: resp.into_body(),
+            source: Source::Body(resp.into_body()),
             buf: Vec::new(),
         }))
     }
+
+    /// Opens a node session: an HTTP/1.1 upgrade to a bidirectional
+    /// newline-delimited stream on one connection. The coordinator sends
+    /// netmaps and heartbeats; the node sends acks and endpoint reports, so
+    /// it needs no second connection (and no TLS handshake per ack). A
+    /// refusal (any status but 101) is returned as `Err(response)`.
+    pub async fn session(
+        &self,
+        path: &str,
+    ) -> Result<Result<(LineStream, LineSink), Response>, ClientError> {
+        let mut sender = self.connect().await?;
+        let mut req = self.build("GET", path, None, None)?;
+        let headers = req.headers_mut();
+        headers.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static(SESSION_PROTOCOL),
+        );
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        if status != 101 {
+            let body = resp.into_body().collect().await?.to_bytes();
+            return Ok(Err(Response { status, body }));
+        }
+        let io = TokioIo::new(hyper::upgrade::on(resp).await?);
+        let (read, write) = tokio::io::split(io);
+        Ok(Ok((
+            LineStream {
+                source: Source::Upgraded(read),
+                buf: Vec::new(),
+            },
+            LineSink { write },
+        )))
+    }
 }
 
-/// Reads one line at a time from a streaming response body.
-#[derive(Debug)]
+/// The sending half of a session: one JSON value per line.
+pub struct LineSink {
+    write: WriteHalf<TokioIo<Upgraded>>,
+}
+
+impl std::fmt::Debug for LineSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineSink").finish_non_exhaustive()
+    }
+}
+
+impl LineSink {
+    /// Sends `msg` as one line and flushes it.
+    pub async fn send<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), ClientError> {
+        let mut line =
+            serde_json::to_vec(msg).map_err(|e| ClientError::Request(e.to_string()))?;
+        line.push(b'\n');
+        self.write
+            .write_all(&line)
+            .await
+            .map_err(|e| ClientError::Request(format!("session write: {e}")))?;
+        self.write
+            .flush()
+            .await
+            .map_err(|e| ClientError::Request(format!("session write: {e}")))
+    }
+}
+
+/// Where a [`LineStream`] reads from.
+enum Source {
+    /// A streaming response body (GET /v1/stream).
+    Body(Incoming),
+    /// The read half of an upgraded connection (GET /v1/session).
+    Upgraded(ReadHalf<TokioIo<Upgraded>>),
+}
+
+/// Reads one line at a time from a streaming response body or a session.
 pub struct LineStream {
-    body: Incoming,
+    source: Source,
     buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for LineStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineStream")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Lines longer than this end the stream: a netmap for 10,000 peers is a few
@@ -391,11 +477,23 @@ impl LineStream {
             if self.buf.len() > MAX_LINE {
                 return Err(ClientError::Request("stream line too long".into()));
             }
-            match self.body.frame().await {
-                None => return Ok(None),
-                Some(frame) => {
-                    if let Ok(data) = frame?.into_data() {
-                        self.buf.extend_from_slice(&data);
+            match &mut self.source {
+                Source::Body(body) => match body.frame().await {
+                    None => return Ok(None),
+                    Some(frame) => {
+                        if let Ok(data) = frame?.into_data() {
+                            self.buf.extend_from_slice(&data);
+                        }
+                    }
+                },
+                Source::Upgraded(read) => {
+                    self.buf.reserve(16 << 10);
+                    let n = read
+                        .read_buf(&mut self.buf)
+                        .await
+                        .map_err(|e| ClientError::Request(format!("session read: {e}")))?;
+                    if n == 0 {
+                        return Ok(None);
                     }
                 }
             }

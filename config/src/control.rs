@@ -210,6 +210,18 @@ pub enum StreamMessage {
     Heartbeat { at: i64 },
 }
 
+/// One line a node sends on its session (GET /v1/session, an HTTP/1.1
+/// upgrade): what POST /v1/ack and POST /v1/endpoints carry, without a
+/// second connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NodeMessage {
+    /// The node applied this netmap version.
+    Ack { version: u64 },
+    /// The node's local addresses and listen port.
+    Endpoints { endpoints: EndpointsReport },
+}
+
 /// POST /v1/ack: the netmap version the node applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -401,6 +401,15 @@ impl Distributor {
         Some((conn, rx, resumed))
     }
 
+    /// Ends every node's stream and session (coordinator shutdown: sessions
+    /// run in their own tasks, outside the server's connection set).
+    pub async fn disconnect_all(&self) {
+        let mut st = self.state.lock().await;
+        for slot in st.slots.values_mut() {
+            slot.stream = None;
+        }
+    }
+
     /// Forgets a stream that ended (unless a newer one replaced it).
     pub async fn unsubscribe(&self, name: &NodeName, conn: u64) {
         let mut st = self.state.lock().await;

@@ -195,6 +195,7 @@ impl Running {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        self.prepared_ctx.dist.disconnect_all().await;
         if let Some(feed) = self.feed.take() {
             feed.abort();
         }

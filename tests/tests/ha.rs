@@ -195,22 +195,31 @@ fn two_coordinators_on_postgres_survive_losing_a_coordinator_and_the_database() 
     probe::connect_eventually(&ns("web-1"), db, Duration::from_secs(2));
     probe::connect_eventually(&ns("web-2"), api, Duration::from_secs(2));
     drop(p1);
-
-    // PostgreSQL dies: c2 reports unhealthy, nodes keep their traffic.
-    pg.kill();
-    wait_until(Duration::from_secs(10), "c2 unhealthy", || {
-        (health(&c2) == "503").then_some(())
+    // c1 comes back on the same store: healthy, nothing to resync by hand.
+    let _p1 = c1.start(&lab, 3);
+    wait_until(Duration::from_secs(15), "c1 healthy after its restart", || {
+        (health(&c1) == "200").then_some(())
     });
+
+    // PostgreSQL dies: both coordinators report unhealthy, nodes keep
+    // their traffic.
+    pg.kill();
+    for c in [&c1, &c2] {
+        wait_until(Duration::from_secs(10), "coordinator unhealthy", || {
+            (health(c) == "503").then_some(())
+        });
+    }
     probe::connect_eventually(&ns("web-1"), db, Duration::from_secs(2));
     probe::connect_eventually(&ns("api-1"), db, Duration::from_secs(2));
 
-    // Back: c2 healthy again without a restart, c1 restarts, a change
-    // through c1 reaches a node streaming from c2, nothing lost.
+    // Back: both healthy again without a restart, a change through c1
+    // reaches a node streaming from c2, nothing lost.
     pg.resume();
-    wait_until(Duration::from_secs(15), "c2 healthy again", || {
-        (health(&c2) == "200").then_some(())
-    });
-    let _p1 = c1.start(&lab, 3);
+    for c in [&c1, &c2] {
+        wait_until(Duration::from_secs(15), "coordinator healthy again", || {
+            (health(c) == "200").then_some(())
+        });
+    }
     c1.ctl_ok(&["nodes", "label", "web-2", "role=ci"]);
     wait_until(Duration::from_secs(10), "web-2 cut off from api-1", || {
         (!probe::connect(&ns("web-2"), api, Duration::from_millis(300)).ok).then_some(())

@@ -12,6 +12,7 @@ pub mod admin_types;
 pub mod auth;
 pub mod error;
 pub mod node;
+pub mod session;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -79,6 +80,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/v1/enroll", post(node::enroll))
         .route("/v1/stream", get(node::stream))
+        .route("/v1/session", get(session::session))
         .route("/v1/ack", post(node::ack))
         .route("/v1/endpoints", post(node::endpoints))
         .route("/v1/rotate-key", post(node::rotate_key))

@@ -67,10 +67,10 @@ pub async fn enroll(
 
 /// Forgets the stream in the distributor when the response body is dropped
 /// (client gone, coordinator shutting down).
-struct StreamGuard {
-    dist: Arc<Distributor>,
-    name: NodeName,
-    conn: u64,
+pub(super) struct StreamGuard {
+    pub(super) dist: Arc<Distributor>,
+    pub(super) name: NodeName,
+    pub(super) conn: u64,
 }
 
 impl Drop for StreamGuard {
@@ -167,14 +167,26 @@ pub async fn endpoints(
     NodeAuth(node, info): NodeAuth,
     JsonBody(report): JsonBody<EndpointsReport>,
 ) -> Result<StatusCode, ApiError> {
+    record_endpoints(&ctx, &node.name, &info, &report).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stores a node's endpoints (plus the address its connection came from)
+/// and, when they changed, pushes its peers' new netmaps.
+pub(super) async fn record_endpoints(
+    ctx: &Ctx,
+    name: &NodeName,
+    info: &ConnInfo,
+    report: &EndpointsReport,
+) -> Result<(), ApiError> {
     let eps = report.endpoints(Some(info.remote.ip()));
-    if ctx.store.set_endpoints(&node.name, &eps).await? {
-        tracing::info!(node = %node.name, endpoints = ?eps, "endpoints changed");
+    if ctx.store.set_endpoints(name, &eps).await? {
+        tracing::info!(node = %name, endpoints = ?eps, "endpoints changed");
         ctx.dist
-            .node_changed(&node.name, Vec::new(), ctx.clock.now().instant)
+            .node_changed(name, Vec::new(), ctx.clock.now().instant)
             .await?;
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// POST /v1/rotate-key: the node replaces its WireGuard key. Its peers get

@@ -100,7 +100,9 @@ pub async fn run(
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HANDSHAKE_TIMEOUT)
-                        .serve_connection(TokioIo::new(tls), svc);
+                        .serve_connection(TokioIo::new(tls), svc)
+                        // GET /v1/session takes the connection over.
+                        .with_upgrades();
                     if let Err(e) = conn.await {
                         tracing::debug!(%remote, error = %e, "connection ended with an error");
                     }

@@ -1,6 +1,7 @@
 //! Control-plane load generator: N simulated nodes over real mTLS against a
 //! coordinator, and the distribution of change -> netmap-received and
-//! change -> acked times.
+//! change -> ack-sent times. Each simulated node holds one session (GET
+//! /v1/session, as `segmesh-node` does) and acks on it.
 //!
 //! By default it starts an in-process coordinator on 127.0.0.1 with a temp
 //! data dir (so it measures the coordinator's distribution path, sharing the
@@ -14,7 +15,7 @@
 //!
 //! ```sh
 //! segmesh-loadgen --nodes 1000 --group 20
-//! ulimit -n 65536 && segmesh-loadgen --nodes 10000 --coordinator-bin target/release/segmesh-coordinator
+//! segmesh-loadgen --nodes 10000 --coordinator-bin target/release/segmesh-coordinator
 //! ```
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use segmesh_config::PublicKey;
 use segmesh_config::client::{HttpsClient, ServerTrust, tls_config};
-use segmesh_config::control::{EnrollResponse, JoinToken, StreamMessage};
+use segmesh_config::control::{EnrollResponse, JoinToken, NodeMessage, StreamMessage};
 use segmesh_coordinator::clock::SystemClock;
 use segmesh_coordinator::config::CoordinatorConfig;
 use segmesh_coordinator::server::{ADMIN_TOKEN_FILE, spawn};
@@ -112,15 +113,15 @@ fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
     })
 }
 
-/// The soft limit on open files; each simulated node holds two connections
-/// (stream and requests) at each end.
+/// The soft limit on open files; each simulated node holds one connection
+/// (its session) at each end.
 fn check_fd_limit(nodes: usize) -> anyhow::Result<()> {
     let limits = std::fs::read_to_string("/proc/self/limits")?;
     let soft: Option<usize> = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .and_then(|l| l.split_whitespace().nth(3)?.parse().ok());
-    let need = nodes * 2 + 256;
+    let need = nodes + 256;
     match soft {
         Some(have) if have < need => bail!(
             "{nodes} nodes need about {need} open files in this process, the limit is {have}: \
@@ -312,15 +313,15 @@ async fn main() -> anyhow::Result<()> {
         t_enroll.elapsed()
     );
 
-    // Streams: each simulated node reports (version, received, acked).
+    // Sessions: each simulated node reports (version, received, ack sent).
     let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
     let t_conn = now();
     for (i, (_, c)) in clients.iter().enumerate() {
-        let (c, tx) = (c.clone(), tx.clone());
-        let mut s = c
-            .stream("/v1/stream")
+        let tx = tx.clone();
+        let (mut s, mut sink) = c
+            .session("/v1/session")
             .await?
-            .map_err(|r| anyhow::anyhow!("stream refused: {}", r.status))?;
+            .map_err(|r| anyhow::anyhow!("session refused: {}", r.status))?;
         tokio::spawn(async move {
             while let Ok(Some(line)) = s.next_line().await {
                 let got = now();
@@ -329,8 +330,9 @@ async fn main() -> anyhow::Result<()> {
                     Ok(StreamMessage::Delta { version, .. }) => version,
                     _ => continue,
                 };
-                let ack = serde_json::to_vec(&json!({ "version": version })).unwrap_or_default();
-                let _ = c.request("POST", "/v1/ack", None, Some(ack)).await;
+                if sink.send(&NodeMessage::Ack { version }).await.is_err() {
+                    break;
+                }
                 let _ = tx.send((i, version, got, now()));
             }
         });
@@ -366,7 +368,7 @@ async fn main() -> anyhow::Result<()> {
         ack_l.extend(a);
     }
     summary("label change: received", recv_l);
-    summary("label change: acked", ack_l);
+    summary("label change: ack sent", ack_l);
 
     // A policy change that touches every netmap.
     let before = proc_stats(coordinator.pid())?;
@@ -381,9 +383,20 @@ async fn main() -> anyhow::Result<()> {
     let (r, a) = collect(&mut rx, t0).await;
     let after = proc_stats(coordinator.pid())?;
     summary("policy change (all nodes): received", r);
-    summary("policy change (all nodes): acked", a);
+    summary("policy change (all nodes): ack sent", a);
     println!();
     println!("policy apply API call returned after {api:?}");
+    // Every ack reached the coordinator (and its store): the audit compares
+    // each node's expected and acked versions.
+    let audit = call("GET", "/v1/admin/audit".into(), Value::Null).await?;
+    let nodes = audit["nodes"].as_array().map_or(0, Vec::len);
+    let ok = audit["nodes"]
+        .as_array()
+        .map_or(0, |v| v.iter().filter(|n| n["status"] == "ok").count());
+    println!(
+        "audit after the change: clean = {}, {ok} of {nodes} nodes acked their current netmap",
+        audit["clean"]
+    );
     let whose = match coordinator {
         Coordinator::InProcess(_) => "loadgen process (coordinator + simulated nodes)",
         Coordinator::Child(_) => "coordinator process",

@@ -9,8 +9,10 @@ use std::time::Duration;
 use rand_core::{OsRng, RngCore as _};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use segmesh_config::client::{HttpsClient, LineStream, ServerTrust, tls_config};
-use segmesh_config::control::{AckRequest, EndpointsReport, Rotation, StreamMessage, apply_delta};
+use segmesh_config::client::{HttpsClient, LineSink, LineStream, ServerTrust, tls_config};
+use segmesh_config::control::{
+    EndpointsReport, NodeMessage, Rotation, StreamMessage, apply_delta,
+};
 use segmesh_config::{NetMap, PublicKey};
 use tokio::sync::{mpsc, oneshot};
 
@@ -197,8 +199,15 @@ impl ControlClient {
         A: FnMut(PlaneCommand) -> Fut,
         Fut: Future<Output = Result<(), String>>,
     {
-        let opened = tokio::time::timeout(CONNECT_TIMEOUT, client.stream("/v1/stream")).await;
-        let mut stream: LineStream = match opened {
+        // Resume from the version in force: a coordinator that holds the
+        // same version starts with a heartbeat instead of a full netmap, so
+        // a failover or restart does not resend every node's netmap.
+        let path = match &self.current {
+            Some(m) => format!("/v1/session?since={}", m.version),
+            None => "/v1/session".to_string(),
+        };
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, client.session(&path)).await;
+        let (mut stream, mut sink): (LineStream, LineSink) = match opened {
             Ok(Ok(Ok(s))) => s,
             Ok(Ok(Err(resp))) => {
                 return format!(
@@ -213,15 +222,11 @@ impl ControlClient {
         self.backoff.reset();
         tracing::info!(coordinator = client.url(), node = %self.state.name, "coordinator stream open");
         emit(StreamEvent::Connected(client.url().to_string()));
-        if let Ok(body) = serde_json::to_vec(&self.endpoints) {
-            match client
-                .request("POST", "/v1/endpoints", None, Some(body))
-                .await
-            {
-                Ok(r) if r.status == 204 => {}
-                Ok(r) => tracing::warn!(status = r.status, "endpoint report refused"),
-                Err(e) => return e.to_string(),
-            }
+        let report = NodeMessage::Endpoints {
+            endpoints: self.endpoints.clone(),
+        };
+        if let Err(e) = sink.send(&report).await {
+            return e.to_string();
         }
         loop {
             let read = tokio::select! {
@@ -265,15 +270,10 @@ impl ControlClient {
             match self.accept(map, &rotations, apply).await {
                 Ok(()) => {
                     emit(StreamEvent::Applied(version));
-                    let ack = serde_json::to_vec(&AckRequest { version }).unwrap_or_default();
-                    match client.request("POST", "/v1/ack", None, Some(ack)).await {
-                        Ok(r) if r.status == 204 => {}
-                        Ok(r) => tracing::warn!(
-                            status = r.status,
-                            netmap_version = version,
-                            "ack refused"
-                        ),
-                        Err(e) => return e.to_string(),
+                    // On the session itself: no request, no second
+                    // connection (the coordinator logs a refused ack).
+                    if let Err(e) = sink.send(&NodeMessage::Ack { version }).await {
+                        return e.to_string();
                     }
                 }
                 Err(why) => {
