@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-use crate::store::{Prefixes, StoreLocation};
+use crate::maintenance::Schedule;
+use crate::store::{Prefixes, Retention, StoreLocation};
 
 /// The coordinator's configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -42,6 +44,66 @@ pub struct CoordinatorConfig {
     /// Seconds `nodes revoke` waits for former peers to ack.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout_secs: u64,
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
+}
+
+/// `[maintenance]`: the periodic pass that deletes ended join tokens and
+/// revoked nodes once their retention has passed (see
+/// [`crate::maintenance`]). With a PostgreSQL store one coordinator runs
+/// each pass.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Seconds between passes (each coordinator adds up to a tenth as
+    /// jitter, so coordinators do not align).
+    #[serde(deserialize_with = "at_least_one_second")]
+    pub interval_secs: u64,
+    /// Seconds an expired, used-up or revoked join token is kept.
+    pub token_retention_secs: u64,
+    /// Seconds a revoked node keeps its row, and so its overlay addresses,
+    /// name and key, before they can be handed out again. Long by default:
+    /// an address not reused soon after a revocation keeps flow logs and
+    /// firewall records unambiguous.
+    pub revoked_node_retention_secs: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 60,
+            token_retention_secs: 7 * DAY,
+            revoked_node_retention_secs: 30 * DAY,
+        }
+    }
+}
+
+impl MaintenanceConfig {
+    /// The driver's schedule.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            interval: Duration::from_secs(self.interval_secs),
+            retention: Retention {
+                tokens: Duration::from_secs(self.token_retention_secs),
+                revoked_nodes: Duration::from_secs(self.revoked_node_retention_secs),
+            },
+        }
+    }
+}
+
+const DAY: u64 = 24 * 60 * 60;
+
+/// Rejects 0 while deserializing, so the error carries the value's
+/// position like any other bad value.
+fn at_least_one_second<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let secs = u64::deserialize(d)?;
+    if secs == 0 {
+        return Err(serde::de::Error::invalid_value(
+            serde::de::Unexpected::Unsigned(0),
+            &"at least 1 (seconds)",
+        ));
+    }
+    Ok(secs)
 }
 
 /// Prefixes overlay addresses are allocated from.
@@ -244,5 +306,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("peer_urls"), "{err}");
+    }
+
+    #[test]
+    fn maintenance_defaults_overrides_and_errors() {
+        let text = "data_dir = \"/tmp/x\"\npublic_urls = [\"https://10.0.0.1:8443\"]\n";
+        let cfg = CoordinatorConfig::parse("c.toml", text).unwrap();
+        assert_eq!(cfg.maintenance, MaintenanceConfig::default());
+        let s = cfg.maintenance.schedule();
+        assert_eq!(s.interval, Duration::from_secs(60));
+        assert_eq!(s.retention.tokens, Duration::from_secs(7 * 86_400));
+        assert_eq!(s.retention.revoked_nodes, Duration::from_secs(30 * 86_400));
+
+        let set =
+            format!("{text}[maintenance]\ninterval_secs = 5\nrevoked_node_retention_secs = 0\n");
+        let m = CoordinatorConfig::parse("c.toml", &set)
+            .unwrap()
+            .maintenance;
+        assert_eq!(
+            (
+                m.interval_secs,
+                m.token_retention_secs,
+                m.revoked_node_retention_secs
+            ),
+            (5, 7 * 86_400, 0),
+            "unset keys keep their defaults"
+        );
+
+        let zero = format!("{text}[maintenance]\ninterval_secs = 0\n");
+        let err = CoordinatorConfig::parse("c.toml", &zero)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.toml:4:17: ") && err.contains("at least 1"),
+            "{err}"
+        );
+        let unknown = format!("{text}[maintenance]\ninterval = 10\n");
+        let err = CoordinatorConfig::parse("c.toml", &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.toml:4:1: ") && err.contains("interval_secs"),
+            "{err}"
+        );
+        let negative = format!("{text}[maintenance]\ntoken_retention_secs = -1\n");
+        let err = CoordinatorConfig::parse("c.toml", &negative)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:4:"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 pub mod distribute;
 pub mod feed;
+pub mod maintenance;
 pub mod metrics;
 pub mod server;
 pub mod store;

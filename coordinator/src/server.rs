@@ -52,6 +52,8 @@ pub struct Prepared {
     pub ca_created: bool,
     /// The change-feed task (PostgreSQL only); aborted on stop.
     pub feed: Option<tokio::task::JoinHandle<()>>,
+    /// The maintenance task (see [`crate::maintenance`]); aborted on stop.
+    pub maintenance: tokio::task::JoinHandle<()>,
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
@@ -131,6 +133,12 @@ pub async fn prepare(
         ))),
         Opened::Sqlite(_) => None,
     };
+    // Every coordinator runs it; the store lets one pass run at a time.
+    let maintenance = tokio::spawn(crate::maintenance::run(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        cfg.maintenance.schedule(),
+    ));
     let (chain, key) = ca.server_identity(&cfg.certificate_names(), now.unix)?;
     let tls = server_tls_config(ca.cert_der(), chain, key)?;
     let ctx = Ctx {
@@ -148,6 +156,7 @@ pub async fn prepare(
         admin_token_created,
         ca_created,
         feed,
+        maintenance,
     })
 }
 
@@ -160,6 +169,7 @@ pub struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     feed: Option<tokio::task::JoinHandle<()>>,
+    maintenance: tokio::task::JoinHandle<()>,
 }
 
 /// Prepares a coordinator and serves it on `listener` in a task.
@@ -185,6 +195,7 @@ pub async fn spawn(
         stop: Some(tx),
         task,
         feed: prepared.feed,
+        maintenance: prepared.maintenance,
     })
 }
 
@@ -199,5 +210,6 @@ impl Running {
         if let Some(feed) = self.feed.take() {
             feed.abort();
         }
+        self.maintenance.abort();
     }
 }

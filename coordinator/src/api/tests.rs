@@ -60,7 +60,7 @@ impl Harness {
         let listener = TcpListener::bind(addr).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let text = format!(
-            "{extra}data_dir = {dir:?}\npublic_urls = [\"https://127.0.0.1:{port}\"]\nheartbeat_secs = 1\n"
+            "data_dir = {dir:?}\npublic_urls = [\"https://127.0.0.1:{port}\"]\nheartbeat_secs = 1\n{extra}"
         );
         let cfg = CoordinatorConfig::parse("test.toml", &text).unwrap();
         // Real wall time: TLS checks certificate validity against it.
@@ -406,6 +406,53 @@ async fn enroll_stream_policy_label_revoke() {
         text.contains("segmesh_nodes{state=\"revoked\"} 1"),
         "{text}"
     );
+    h.stop().await;
+}
+
+/// After the maintenance pass deleted a revoked node, its old certificate
+/// is still refused: first as not enrolled, then, once a new node enrolled
+/// under the same name (and got the freed address), as not that node's.
+#[tokio::test]
+async fn reclaimed_node_certificate_stays_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = "[maintenance]\ninterval_secs = 1\nrevoked_node_retention_secs = 0\n";
+    let h = Harness::start_cfg(dir.path(), "127.0.0.1:0", fast).await;
+    let tok = h.token(json!({ "role": "db" }), "db", 2).await;
+    let old = h.enroll(&tok, "db-1", 2).await.unwrap();
+    let report = json!({ "addresses": ["198.51.100.4"], "listen_port": 4000 });
+    assert_eq!(old.post("/v1/endpoints", report.clone()).await, 204);
+    let (s, v) = h.admin("POST", "/v1/admin/nodes/db-1/revoke", None).await;
+    assert_eq!(s, 200, "{v}");
+
+    let gone = async {
+        loop {
+            let (_, nodes) = h.admin("GET", "/v1/admin/nodes", None).await;
+            if nodes.as_array().is_some_and(|n| n.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), gone)
+            .await
+            .is_ok(),
+        "the maintenance task deleted the revoked node"
+    );
+    assert_eq!(old.post("/v1/endpoints", report.clone()).await, 401);
+
+    let new = h.enroll(&tok, "db-1", 2).await.unwrap();
+    assert_eq!(new.enrolled.addresses, old.enrolled.addresses);
+    assert_eq!(old.post("/v1/endpoints", report.clone()).await, 403);
+    assert_eq!(new.post("/v1/endpoints", report).await, 204);
+    let (_, log) = h.admin("GET", "/v1/admin/audit-log", None).await;
+    let reclaim = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "node.reclaim")
+        .expect("audited");
+    assert_eq!(reclaim["details"]["node"], "db-1");
     h.stop().await;
 }
 

@@ -11,6 +11,7 @@
 
 pub mod alloc;
 mod location;
+pub mod maintain;
 pub mod migrate;
 pub mod postgres;
 pub mod scratch;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use alloc::Prefixes;
 pub use location::{Opened, StoreLocation, open};
+pub use maintain::{MaintenanceReport, Retention};
 
 /// The embedded migrations of one backend, as a runtime [`Migrator`]
 /// (sqlx's `migrate!` macro needs the `macros` feature).
@@ -67,6 +69,10 @@ pub struct NodeRecord {
     /// Hex serial of the only client certificate accepted for this node.
     pub cert_serial: String,
     pub revoked: bool,
+    /// When the node was first revoked; the maintenance pass deletes the
+    /// row (freeing its addresses) a retention period later.
+    #[serde(default)]
+    pub revoked_at: Option<UnixTime>,
     pub created_at: UnixTime,
     /// Last netmap version sent to the node.
     pub netmap_version: u64,
@@ -93,6 +99,11 @@ pub struct TokenRecord {
     pub uses_total: u32,
     pub uses_left: u32,
     pub revoked: bool,
+    /// When the token was revoked or its last use consumed (expiry counts
+    /// from `expires_at`); the maintenance pass deletes it a retention
+    /// period after it ended.
+    #[serde(default)]
+    pub ended_at: Option<UnixTime>,
     pub created_by: String,
 }
 
@@ -305,6 +316,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn latest_netmap(&self, node_id: i64) -> Result<Option<(u64, String)>, StoreError>;
     /// The netmap the node last acked.
     async fn acked_netmap(&self, node_id: i64) -> Result<Option<(u64, String)>, StoreError>;
+
+    /// The maintenance pass (see [`maintain`]): deletes tokens that ended
+    /// and nodes revoked longer than `retention` before `now`, with their
+    /// audit entries, in one transaction that also holds the writer lock
+    /// (so it is ordered with enrollments like any other write). Returns
+    /// `None`, having done nothing, when another coordinator sharing the
+    /// store is running the pass right now.
+    async fn maintain(
+        &self,
+        now: UnixTime,
+        retention: &Retention,
+    ) -> Result<Option<MaintenanceReport>, StoreError>;
 
     /// Appends an audit entry for an action that changes no stored row.
     async fn audit(

@@ -11,6 +11,11 @@
 //! batched acks, so one writer at a time is far from a bottleneck; readers
 //! never wait for it. When netmaps are recorded the transaction also sends
 //! `NOTIFY` on [`CHANGES_CHANNEL`], delivered to listeners only on commit.
+//!
+//! Background work that must run once (the maintenance pass deleting ended
+//! tokens and reclaiming revoked nodes) is guarded by a second advisory
+//! lock, [`MAINTENANCE_LOCK`], taken with `pg_try_advisory_xact_lock`: a
+//! coordinator that does not get it at once skips the round.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,18 +26,29 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::sql_rows::{corrupt, hex, to_json};
 use super::{
-    AuditEntry, CertSigner, Change, EnrollRequest, IssuedCert, NetmapRecord, NewToken, NodeRecord,
-    PolicyRecord, Prefixes, Store, StoreError, TokenRecord, TokenRefusal, UnixTime, migrator,
+    AuditEntry, CertSigner, Change, EnrollRequest, IssuedCert, MaintenanceReport, NetmapRecord,
+    NewToken, NodeRecord, PolicyRecord, Prefixes, Retention, Store, StoreError, TokenRecord,
+    TokenRefusal, UnixTime, migrator,
 };
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "retention",
+        include_str!("../../migrations/postgres/0002_retention.sql"),
+    ),
+];
 
 /// Advisory lock key serialising writers ("segmesh" in ASCII).
 pub const WRITE_LOCK: i64 = 0x0073_6567_6d65_7368;
+/// Advisory lock key held by the coordinator running the maintenance pass
+/// ("segmaint" in ASCII).
+pub const MAINTENANCE_LOCK: i64 = 0x7365_676d_6169_6e74;
 /// The LISTEN/NOTIFY channel announcing newly recorded netmaps.
 pub const CHANGES_CHANNEL: &str = "segmesh_changes";
 
@@ -83,11 +99,27 @@ impl PgStore {
 
     async fn write(&self) -> Result<Tx, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITE_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        lock_writers(&mut tx).await?;
         Ok(tx)
+    }
+
+    /// The maintenance pass runs once across coordinators: whoever gets
+    /// [`MAINTENANCE_LOCK`] without waiting runs it, the others skip this
+    /// round (the lock is released with the transaction, so a crashed
+    /// coordinator never blocks the pass). Then the writer lock, taken in
+    /// this order only, so the two locks cannot deadlock.
+    async fn maintenance(&self) -> Result<Option<Tx>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(MAINTENANCE_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !ours {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        lock_writers(&mut tx).await?;
+        Ok(Some(tx))
     }
 
     /// The payload of this store's notifications.
@@ -103,6 +135,15 @@ impl PgStore {
             .await?;
         Ok(())
     }
+}
+
+/// Waits for [`WRITE_LOCK`]; held until the transaction ends.
+async fn lock_writers(tx: &mut Tx) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(WRITE_LOCK)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 super::sql::sql_store!(PgStore, Postgres);

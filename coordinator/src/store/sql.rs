@@ -9,7 +9,10 @@
 //!   address allocation and label edits never interleave across processes;
 //! - `async fn netmaps_recorded(&self, tx: &mut Tx) -> Result<(), StoreError>`:
 //!   called inside the transaction that recorded new netmap versions (the
-//!   PostgreSQL change feed notifies other coordinators on commit).
+//!   PostgreSQL change feed notifies other coordinators on commit);
+//! - `async fn maintenance(&self) -> Result<Option<Tx>, StoreError>`: the
+//!   maintenance pass's transaction, a writer's (see `write`) that no other
+//!   coordinator's pass runs beside, or `None` when one is running now.
 
 macro_rules! sql_store {
     ($store:ty, $db:ty) => {
@@ -68,12 +71,15 @@ macro_rules! sql_store {
                 change: &Change,
             ) -> Result<TokenRecord, StoreError> {
                 let mut tx = self.write().await?;
-                let row =
-                    sqlx::query("UPDATE tokens SET revoked = TRUE WHERE id = $1 RETURNING *")
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+                let row = sqlx::query(
+                    "UPDATE tokens SET revoked = TRUE, ended_at = COALESCE(ended_at, $2) \
+                     WHERE id = $1 RETURNING *",
+                )
+                .bind(id)
+                .bind(change.at)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
                 let details = serde_json::json!({ "token": id });
                 audit_tx(&mut tx, "token.revoke", &details, change).await?;
                 let rec = token_row(&row)?;
@@ -133,10 +139,16 @@ macro_rules! sql_store {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1")
-                    .bind(token.id)
-                    .execute(&mut *tx)
-                    .await?;
+                // The last use ends the token (its retention starts).
+                sqlx::query(
+                    "UPDATE tokens SET uses_left = uses_left - 1, \
+                     ended_at = CASE WHEN uses_left = 1 THEN $2 ELSE ended_at END \
+                     WHERE id = $1",
+                )
+                .bind(token.id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
                 let details = serde_json::json!({
                     "node": name, "token": token.id, "labels": token.labels,
                     "addresses": [a4.to_string(), a6.to_string()],
@@ -202,10 +214,16 @@ macro_rules! sql_store {
             ) -> Result<NodeRecord, StoreError> {
                 let mut tx = self.write().await?;
                 let node = node_tx(&mut tx, name).await?;
-                sqlx::query("UPDATE nodes SET revoked = TRUE WHERE id = $1")
-                    .bind(node.id)
-                    .execute(&mut *tx)
-                    .await?;
+                // A second revoke keeps the first time: the grace period
+                // counts from when the node lost access.
+                sqlx::query(
+                    "UPDATE nodes SET revoked = TRUE, revoked_at = COALESCE(revoked_at, $2) \
+                     WHERE id = $1",
+                )
+                .bind(node.id)
+                .bind(change.at)
+                .execute(&mut *tx)
+                .await?;
                 let details = serde_json::json!({ "node": name, "public_key": node.public_key });
                 audit_tx(&mut tx, "node.revoke", &details, change).await?;
                 let node = node_tx(&mut tx, name).await?;
@@ -396,6 +414,29 @@ macro_rules! sql_store {
                     .transpose()
             }
 
+            /// Safe beside enrollment because the pass is a writer: it holds
+            /// the writer lock from before it reads which nodes are due until
+            /// its deletions commit, so an enrollment's lowest-free-address
+            /// and name choice sees either all of the pass's deletions or
+            /// none, never a row that is about to vanish, and no write
+            /// (revoke, label, key rotation) interleaves with it. What a
+            /// reclaimed node held was only reachable through its row:
+            /// revoked nodes have no netmap slot, and its old certificate
+            /// names a node that no longer exists, or one re-enrolled under
+            /// that name with a new serial; `NodeAuth` refuses both.
+            async fn maintain(
+                &self,
+                now: UnixTime,
+                retention: &Retention,
+            ) -> Result<Option<MaintenanceReport>, StoreError> {
+                let Some(mut tx) = self.maintenance().await? else {
+                    return Ok(None);
+                };
+                let report = maintain_tx(&mut tx, now, retention).await?;
+                tx.commit().await?;
+                Ok(Some(report))
+            }
+
             async fn audit(
                 &self,
                 action: &str,
@@ -426,6 +467,8 @@ macro_rules! sql_store {
                 .collect()
             }
         }
+
+        super::maintain::maintain_tx!();
 
         /// Marks `version` applied if it was sent and is not older than the
         /// last ack; drops older netmaps. Returns whether it was recorded.

@@ -45,6 +45,7 @@ macro_rules! sql_rows {
                 endpoints: json(row, "endpoints")?,
                 cert_serial: row.try_get("cert_serial")?,
                 revoked: row.try_get("revoked")?,
+                revoked_at: row.try_get("revoked_at")?,
                 created_at: row.try_get("created_at")?,
                 netmap_version: u64_col(row, "netmap_version")?,
                 acked_version: u64_col(row, "acked_version")?,
@@ -67,6 +68,7 @@ macro_rules! sql_rows {
                 uses_total: count("uses_total")?,
                 uses_left: count("uses_left")?,
                 revoked: row.try_get("revoked")?,
+                ended_at: row.try_get("ended_at")?,
                 created_by: row.try_get("created_by")?,
             })
         }

@@ -17,15 +17,23 @@ use sqlx::sqlite::{
 
 use super::sql_rows::{corrupt, hex, to_json};
 use super::{
-    AuditEntry, CertSigner, Change, EnrollRequest, IssuedCert, NetmapRecord, NewToken, NodeRecord,
-    PolicyRecord, Prefixes, Store, StoreError, TokenRecord, TokenRefusal, UnixTime, migrator,
+    AuditEntry, CertSigner, Change, EnrollRequest, IssuedCert, MaintenanceReport, NetmapRecord,
+    NewToken, NodeRecord, PolicyRecord, Prefixes, Retention, Store, StoreError, TokenRecord,
+    TokenRefusal, UnixTime, migrator,
 };
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "retention",
+        include_str!("../../migrations/sqlite/0002_retention.sql"),
+    ),
+];
 
 /// The SQLite store. Cheap to clone (a pool handle).
 #[derive(Debug, Clone)]
@@ -59,6 +67,11 @@ impl SqliteStore {
 
     async fn write(&self) -> Result<Tx, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// One coordinator owns a SQLite file: the pass always runs, as a writer.
+    async fn maintenance(&self) -> Result<Option<Tx>, StoreError> {
+        self.write().await.map(Some)
     }
 
     /// One process owns a SQLite file: nobody else needs to hear of changes.

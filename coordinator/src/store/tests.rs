@@ -273,6 +273,208 @@ async fn labels_policy_netmaps_audit(s: &dyn Store) {
     assert_eq!(s.audit_log(1).await.unwrap()[0].id, log[5].id);
 }
 
+/// Retention of the maintenance checks: tokens 100 s, revoked nodes 1000 s.
+const KEEP: Retention = Retention {
+    tokens: std::time::Duration::from_secs(100),
+    revoked_nodes: std::time::Duration::from_secs(1000),
+};
+
+fn token_until(secret: u8, expires_at: UnixTime, uses: u32) -> NewToken {
+    NewToken {
+        expires_at,
+        ..token(secret, Some("n"), uses)
+    }
+}
+
+fn ids(tokens: &[TokenRecord]) -> Vec<i64> {
+    tokens.iter().map(|t| t.id).collect()
+}
+
+/// The pass deletes exactly the tokens and revoked nodes whose retention
+/// has passed, audits each deletion, and leaves everything else alone.
+async fn maintenance_deletes_only_what_is_past_retention(s: &dyn Store) {
+    let admin = Change::new("admin", NOW);
+    let expired = s
+        .create_token(token_until(1, NOW + 10, 5), &admin)
+        .await
+        .unwrap();
+    let live = s
+        .create_token(token_until(2, NOW + 3600, 5), &admin)
+        .await
+        .unwrap();
+    let single = s
+        .create_token(token_until(3, NOW + 3600, 1), &admin)
+        .await
+        .unwrap();
+    let revoked = s
+        .create_token(token_until(4, NOW + 3600, 5), &admin)
+        .await
+        .unwrap();
+    let recent = s
+        .create_token(token_until(5, NOW + 190, 5), &admin)
+        .await
+        .unwrap();
+    let r = s.revoke_token(revoked.id, &admin).await.unwrap();
+    assert_eq!(r.ended_at, Some(NOW));
+    let again = s
+        .revoke_token(revoked.id, &Change::new("admin", NOW + 50))
+        .await
+        .unwrap();
+    assert_eq!(again.ended_at, Some(NOW), "the first end counts");
+
+    let p = Prefixes::default();
+    let sign = signer();
+    let mut nodes = Vec::new();
+    for k in 1..=3u8 {
+        let (n, _) = s
+            .enroll(&enroll_req(2, k, None), &p, &sign, NOW)
+            .await
+            .unwrap();
+        assert_eq!(n.revoked_at, None);
+        nodes.push(n);
+    }
+    let (used, _) = s
+        .enroll(&enroll_req(3, 9, None), &p, &sign, NOW + 150)
+        .await
+        .unwrap();
+    let used_up = s.list_tokens().await.unwrap();
+    let used_up = used_up.iter().find(|t| t.id == single.id).unwrap();
+    assert_eq!(used_up.ended_at, Some(NOW + 150), "its last use ended it");
+    assert_eq!(
+        s.list_tokens().await.unwrap()[1].ended_at,
+        None,
+        "uses left: not ended"
+    );
+
+    s.record_netmap(nodes[0].id, 1, "m1").await.unwrap();
+    let r1 = s.revoke_node(&nodes[0].name, &admin).await.unwrap();
+    assert_eq!(r1.revoked_at, Some(NOW));
+    let later = Change::new("admin", NOW + 500);
+    s.revoke_node(&nodes[1].name, &later).await.unwrap();
+    let r2 = s
+        .revoke_node(&nodes[1].name, &Change::new("admin", NOW + 600))
+        .await
+        .unwrap();
+    assert_eq!(
+        r2.revoked_at,
+        Some(NOW + 500),
+        "the first revocation counts"
+    );
+
+    // NOW+200: the expired (NOW+10) and revoked (NOW) tokens are past 100 s;
+    // the used-up one (NOW+150) and the one expired at NOW+190 are not.
+    let log_before = s.audit_log(1000).await.unwrap().len();
+    let rep = s.maintain(NOW + 200, &KEEP).await.unwrap().unwrap();
+    assert_eq!(rep.tokens, [expired.id, revoked.id]);
+    assert!(rep.nodes.is_empty() && !rep.more, "{rep:?}");
+    assert_eq!(
+        ids(&s.list_tokens().await.unwrap()),
+        [live.id, single.id, recent.id]
+    );
+    let rep = s.maintain(NOW + 250, &KEEP).await.unwrap().unwrap();
+    assert_eq!(rep.tokens, [single.id]);
+
+    // NOW+1000: the node revoked at NOW is past 1000 s, the one revoked at
+    // NOW+500 is not; the token that expired at NOW+190 goes now.
+    let rep = s.maintain(NOW + 1000, &KEEP).await.unwrap().unwrap();
+    assert_eq!(rep.tokens, [recent.id]);
+    assert_eq!(rep.nodes, [nodes[0].name.clone()]);
+    assert_eq!(ids(&s.list_tokens().await.unwrap()), [live.id]);
+    let left: Vec<NodeName> = s
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(
+        left,
+        [
+            nodes[1].name.clone(),
+            nodes[2].name.clone(),
+            used.name.clone()
+        ]
+    );
+    assert!(s.node(&nodes[0].name).await.unwrap().is_none());
+    assert_eq!(
+        s.latest_netmap(nodes[0].id).await.unwrap(),
+        None,
+        "netmaps cascade"
+    );
+
+    // Audited in the same transactions, as the maintenance actor.
+    let log = s.audit_log(1000).await.unwrap();
+    let new: Vec<&AuditEntry> = log[log_before..].iter().collect();
+    let actions: Vec<&str> = new.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["token.purge", "token.purge", "token.purge", "node.reclaim"]
+    );
+    assert!(new.iter().all(|e| e.actor == "maintenance"));
+    assert_eq!(
+        new[0].details["tokens"],
+        serde_json::json!([expired.id, revoked.id])
+    );
+    assert_eq!((new[0].at, new[3].at), (NOW + 200, NOW + 1000));
+    assert_eq!(new[3].details["node"], nodes[0].name.as_str());
+    assert_eq!(
+        new[3].details["addresses"],
+        serde_json::json!([nodes[0].addr_v4.to_string(), nodes[0].addr_v6.to_string()])
+    );
+    assert_eq!(new[3].details["revoked_at"], NOW);
+
+    // Nothing due: the pass runs, deletes and audits nothing.
+    let rep = s.maintain(NOW + 1001, &KEEP).await.unwrap().unwrap();
+    assert!(rep.is_empty(), "{rep:?}");
+    assert_eq!(s.audit_log(1000).await.unwrap().len(), log.len());
+}
+
+/// A reclaimed node's addresses, name and key go to the next enrollment.
+async fn reclaimed_address_goes_to_the_next_node(s: &dyn Store) {
+    let admin = Change::new("admin", NOW);
+    s.create_token(token(1, Some("n"), 10), &admin)
+        .await
+        .unwrap();
+    let p = Prefixes {
+        v4: "10.1.0.0/30".parse().unwrap(),
+        v6: "fd00::/64".parse().unwrap(),
+    };
+    let sign = signer();
+    let (a, _) = s
+        .enroll(&enroll_req(1, 1, None), &p, &sign, NOW)
+        .await
+        .unwrap();
+    s.enroll(&enroll_req(1, 2, None), &p, &sign, NOW)
+        .await
+        .unwrap();
+    s.revoke_node(&a.name, &admin).await.unwrap();
+    let err = s
+        .enroll(&enroll_req(1, 3, None), &p, &sign, NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Exhausted(_)), "{err}");
+    let rep = s.maintain(NOW + 999, &KEEP).await.unwrap().unwrap();
+    assert!(rep.nodes.is_empty(), "still within the grace period");
+    let rep = s.maintain(NOW + 1000, &KEEP).await.unwrap().unwrap();
+    assert_eq!(rep.nodes, std::slice::from_ref(&a.name));
+    let (c, cert) = s
+        .enroll(
+            &enroll_req(1, 1, Some(a.name.as_str())),
+            &p,
+            &sign,
+            NOW + 1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!((c.addr_v4, c.addr_v6), (a.addr_v4, a.addr_v6));
+    assert_eq!((&c.name, c.public_key), (&a.name, a.public_key));
+    assert!(!c.revoked && c.revoked_at.is_none());
+    assert_ne!(
+        cert.serial_hex, a.cert_serial,
+        "the old certificate stays invalid"
+    );
+}
+
 /// A PostgreSQL store on a fresh database, or `None` when no test server
 /// is configured.
 async fn open_pg() -> Option<(ScratchDb, PgStore)> {
@@ -310,7 +512,192 @@ on_both_backends!(
     tokens_and_enrollment,
     addresses_not_reused_while_held,
     labels_policy_netmaps_audit,
+    maintenance_deletes_only_what_is_past_retention,
+    reclaimed_address_goes_to_the_next_node,
 );
+
+/// A revoked node past retention, for the locking tests.
+async fn revoked_long_ago(s: &dyn Store) -> NodeRecord {
+    let admin = Change::new("admin", NOW);
+    s.create_token(token(1, Some("n"), 1), &admin)
+        .await
+        .unwrap();
+    let (n, _) = s
+        .enroll(
+            &enroll_req(1, 1, None),
+            &Prefixes::default(),
+            &signer(),
+            NOW,
+        )
+        .await
+        .unwrap();
+    s.revoke_node(&n.name, &admin).await.unwrap()
+}
+
+/// Two coordinators (two pools) on one database: while one holds the
+/// maintenance lock, the other's pass returns `None` and deletes nothing;
+/// once that transaction ends the pass runs. And the pass waits for the
+/// writer lock, like every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_maintenance_runs_once_across_coordinators() {
+    let Some((db, a)) = open_pg().await else {
+        return;
+    };
+    let b = PgStore::connect(&db.url).await.unwrap();
+    let node = revoked_long_ago(&a).await;
+    let due = NOW + 1000;
+
+    let mut holder = a.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(super::postgres::MAINTENANCE_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    assert_eq!(b.maintain(due, &KEEP).await.unwrap(), None);
+    assert_eq!(a.maintain(due, &KEEP).await.unwrap(), None, "other session");
+    assert!(b.node(&node.name).await.unwrap().is_some());
+    let audited = b.audit_log(100).await.unwrap().len();
+    holder.rollback().await.unwrap();
+    let rep = b.maintain(due, &KEEP).await.unwrap().unwrap();
+    assert_eq!(rep.nodes, std::slice::from_ref(&node.name));
+    assert_eq!(rep.tokens.len(), 1, "its token, used up at NOW");
+    assert!(a.node(&node.name).await.unwrap().is_none());
+    assert_eq!(a.audit_log(100).await.unwrap().len(), audited + 2);
+
+    // A writer in progress: the pass queues behind it.
+    let mut writer = a.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(super::postgres::WRITE_LOCK)
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let pass = tokio::spawn(async move { b.maintain(due, &KEEP).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!pass.is_finished(), "the pass waits for the writer lock");
+    writer.commit().await.unwrap();
+    let rep = pass.await.unwrap().unwrap().unwrap();
+    assert!(rep.is_empty());
+}
+
+/// Rows seeded under migration 1 only, then migration 2 on open: the
+/// `revoked_at` / `ended_at` backfill (the SQL is the same text for both
+/// backends; `KEYn` stands for a WireGuard key, see [`backfill_seed`]).
+const BACKFILL_SEED: &[&str] = &[
+    "INSERT INTO nodes (name, labels, public_key, addr_v4, addr_v6, cert_serial, revoked, created_at) \
+     VALUES ('old-1', '{}', 'KEY1', '10.0.0.1', 'fd00::1', '01', TRUE, 1)",
+    "INSERT INTO nodes (name, labels, public_key, addr_v4, addr_v6, cert_serial, revoked, created_at) \
+     VALUES ('old-2', '{}', 'KEY2', '10.0.0.2', 'fd00::2', '02', TRUE, 1)",
+    "INSERT INTO nodes (name, labels, public_key, addr_v4, addr_v6, cert_serial, revoked, created_at) \
+     VALUES ('live-1', '{}', 'KEY3', '10.0.0.3', 'fd00::3', '03', FALSE, 1)",
+    "INSERT INTO tokens (id, secret_sha256, labels, created_at, expires_at, uses_total, uses_left, revoked, created_by) \
+     VALUES (1, 'a', '{}', 1, 9999999999, 2, 0, FALSE, 'admin')",
+    "INSERT INTO tokens (id, secret_sha256, labels, created_at, expires_at, uses_total, uses_left, revoked, created_by) \
+     VALUES (2, 'b', '{}', 1, 9999999999, 2, 2, TRUE, 'admin')",
+    "INSERT INTO tokens (id, secret_sha256, labels, created_at, expires_at, uses_total, uses_left, revoked, created_by) \
+     VALUES (3, 'c', '{}', 1, 9999999999, 2, 1, FALSE, 'admin')",
+    "INSERT INTO tokens (id, secret_sha256, labels, created_at, expires_at, uses_total, uses_left, revoked, created_by) \
+     VALUES (4, 'd', '{}', 1, 9999999999, 2, 2, TRUE, 'admin')",
+    "INSERT INTO audit_log (at, actor, action, details) VALUES \
+     (300, 'token:1', 'node.enroll', '{\"node\":\"x-1\",\"token\":1}'), \
+     (400, 'token:1', 'node.enroll', '{\"node\":\"x-2\",\"token\":1}'), \
+     (250, 'admin', 'token.revoke', '{\"token\":2}'), \
+     (500, 'admin', 'node.revoke', '{\"node\":\"old-1\",\"public_key\":\"k1\"}'), \
+     (700, 'admin', 'node.revoke', '{\"node\":\"old-1\",\"public_key\":\"k1\"}'), \
+     (800, 'admin', 'policy.apply', '\"not an object\"')",
+];
+
+fn backfill_seed() -> Vec<String> {
+    BACKFILL_SEED
+        .iter()
+        .map(|sql| {
+            (1..=3u8).fold(sql.to_string(), |sql, k| {
+                sql.replace(
+                    &format!("KEY{k}"),
+                    &PublicKey::from_bytes([k; 32]).to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Checks the backfilled store; `started` is before the migration ran.
+async fn check_backfill(s: &dyn Store, started: UnixTime) {
+    let nodes = s.list_nodes().await.unwrap();
+    let at = |n: &str| {
+        nodes
+            .iter()
+            .find(|r| r.name.as_str() == n)
+            .unwrap()
+            .revoked_at
+    };
+    assert_eq!(at("old-1"), Some(500), "the first node.revoke");
+    assert!(
+        at("old-2").unwrap() >= started,
+        "no audit row: upgrade time"
+    );
+    assert_eq!(at("live-1"), None);
+    let ended: Vec<Option<UnixTime>> = s
+        .list_tokens()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.ended_at)
+        .collect();
+    assert_eq!(ended[..3], [Some(400), Some(250), None]);
+    assert!(ended[3].unwrap() >= started);
+}
+
+#[tokio::test]
+async fn sqlite_migration_backfills_when_rows_ended() {
+    use crate::clock::Clock as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let started = crate::clock::SystemClock.now().unix;
+    {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        migrator(&super::sqlite::MIGRATIONS[..1])
+            .run(&pool)
+            .await
+            .unwrap();
+        for sql in backfill_seed() {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+    let s = SqliteStore::open(&path).await.unwrap();
+    check_backfill(&s, started).await;
+}
+
+#[tokio::test]
+async fn postgres_migration_backfills_when_rows_ended() {
+    use crate::clock::Clock as _;
+    let Some(db) = ScratchDb::from_env().await.unwrap() else {
+        return;
+    };
+    let started = crate::clock::SystemClock.now().unix;
+    {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        migrator(&super::postgres::MIGRATIONS[..1])
+            .run(&pool)
+            .await
+            .unwrap();
+        for sql in backfill_seed() {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+    let s = PgStore::connect(&db.url).await.unwrap();
+    check_backfill(&s, started).await;
+}
 
 /// Enrollments through several handles at once get distinct names and
 /// addresses and consume exactly one token use each.
