@@ -16,13 +16,13 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 
 /// How the client decides to trust the coordinator.
 #[derive(Debug, Clone)]
@@ -423,8 +423,7 @@ impl std::fmt::Debug for LineSink {
 impl LineSink {
     /// Sends `msg` as one line and flushes it.
     pub async fn send<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), ClientError> {
-        let mut line =
-            serde_json::to_vec(msg).map_err(|e| ClientError::Request(e.to_string()))?;
+        let mut line = serde_json::to_vec(msg).map_err(|e| ClientError::Request(e.to_string()))?;
         line.push(b'\n');
         self.write
             .write_all(&line)

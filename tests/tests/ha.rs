@@ -197,9 +197,11 @@ fn two_coordinators_on_postgres_survive_losing_a_coordinator_and_the_database() 
     drop(p1);
     // c1 comes back on the same store: healthy, nothing to resync by hand.
     let _p1 = c1.start(&lab, 3);
-    wait_until(Duration::from_secs(15), "c1 healthy after its restart", || {
-        (health(&c1) == "200").then_some(())
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "c1 healthy after its restart",
+        || (health(&c1) == "200").then_some(()),
+    );
 
     // PostgreSQL dies: both coordinators report unhealthy, nodes keep
     // their traffic.

@@ -38,10 +38,10 @@ pub async fn session(
     NodeAuth(node, info): NodeAuth,
     mut req: Request,
 ) -> Result<Response, ApiError> {
-    let wants = req
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(SESSION_PROTOCOL.as_bytes()));
+    let wants = req.headers().get(header::UPGRADE).is_some_and(|v| {
+        v.as_bytes()
+            .eq_ignore_ascii_case(SESSION_PROTOCOL.as_bytes())
+    });
     if !wants {
         return Err(ApiError::BadRequest(format!(
             "GET /v1/session needs `Connection: upgrade` and `Upgrade: {SESSION_PROTOCOL}`"
@@ -146,7 +146,9 @@ async fn handle(ctx: &Ctx, name: &NodeName, info: &ConnInfo, line: &[u8]) {
         Ok(NodeMessage::Ack { version }) => {
             match ctx.dist.ack(name, version, ctx.clock.now()).await {
                 Ok(()) => tracing::debug!(node = %name, netmap_version = version, "ack"),
-                Err(e) => tracing::warn!(node = %name, netmap_version = version, error = %e, "ack refused"),
+                Err(e) => {
+                    tracing::warn!(node = %name, netmap_version = version, error = %e, "ack refused")
+                }
             }
         }
         Ok(NodeMessage::Endpoints { endpoints }) => {

@@ -790,3 +790,90 @@ async fn no_secret_reaches_the_logs() {
 }
 
 mod shared;
+
+#[tokio::test]
+async fn session_carries_netmaps_acks_and_endpoints_on_one_connection() {
+    use segmesh_config::control::{EndpointsReport, NodeMessage};
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path()).await;
+    h.admin("POST", "/v1/admin/policy", Some(json!({ "text": POLICY })))
+        .await;
+    let web_tok = h
+        .token(json!({ "role": "web", "env": "prod" }), "web", 1)
+        .await;
+    let db_tok = h.token(json!({ "role": "db" }), "db", 1).await;
+    let db = h.enroll(&db_tok, "db-1", 2).await.unwrap();
+    let web = h.enroll(&web_tok, "web-1", 1).await.unwrap();
+
+    // Without the upgrade headers the route refuses, saying what it needs.
+    let plain = db
+        .client
+        .request("GET", "/v1/session", None, None)
+        .await
+        .unwrap();
+    assert_eq!(plain.status, 400);
+    assert!(
+        String::from_utf8_lossy(&plain.body).contains("Upgrade: segmesh-session/1"),
+        "{plain:?}"
+    );
+
+    let (s, mut sink) = db.client.session("/v1/session").await.unwrap().unwrap();
+    let mut s = Follower::new(s);
+    let first = s.next(2).await.unwrap();
+    assert_eq!(first.peers.len(), 1);
+    // A line the coordinator cannot read is skipped; the session goes on.
+    sink.send(&json!({ "type": "bogus" })).await.unwrap();
+    sink.send(&NodeMessage::Ack {
+        version: first.version,
+    })
+    .await
+    .unwrap();
+    // Endpoints reported on the session reach web-1's netmap.
+    let report = EndpointsReport {
+        addresses: vec!["192.0.2.44".parse().unwrap()],
+        listen_port: 51999,
+    };
+    sink.send(&NodeMessage::Endpoints { endpoints: report })
+        .await
+        .unwrap();
+    let mut web_s = Follower::new(web.stream().await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = web_s.next(5).await.unwrap();
+        let eps = m.peers[0].endpoints.clone().unwrap_or_default();
+        if eps.iter().any(|e| e.to_string() == "192.0.2.44:51999") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{eps:?}");
+    }
+    // The ack is recorded (the audit reads the store).
+    let (_, audit) = h.admin("GET", "/v1/admin/audit", None).await;
+    let db_line = audit["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "db-1")
+        .unwrap()
+        .clone();
+    assert_eq!(db_line["acked_version"], first.version, "{audit}");
+
+    // Resuming with the current version: no netmap is resent (that counts
+    // as an ack); a label change then arrives on the resumed session.
+    drop((s, sink));
+    let path = format!("/v1/session?since={}", first.version);
+    let (s, _sink) = db.client.session(&path).await.unwrap().unwrap();
+    let mut s = Follower {
+        cur: Some(first.clone()),
+        ..Follower::new(s)
+    };
+    assert!(s.next(1).await.is_none(), "nothing resent on resume");
+    h.admin(
+        "POST",
+        "/v1/admin/nodes/db-1/labels",
+        Some(json!({ "set": { "role": "ops" } })),
+    )
+    .await;
+    let m = s.next(5).await.unwrap();
+    assert!(m.peers.is_empty() && m.version > first.version, "{m:?}");
+    h.stop().await;
+}

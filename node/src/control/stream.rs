@@ -10,9 +10,7 @@ use rand_core::{OsRng, RngCore as _};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use segmesh_config::client::{HttpsClient, LineSink, LineStream, ServerTrust, tls_config};
-use segmesh_config::control::{
-    EndpointsReport, NodeMessage, Rotation, StreamMessage, apply_delta,
-};
+use segmesh_config::control::{EndpointsReport, NodeMessage, Rotation, StreamMessage, apply_delta};
 use segmesh_config::{NetMap, PublicKey};
 use tokio::sync::{mpsc, oneshot};
 
