@@ -333,26 +333,18 @@ mod tests {
             "unset keys keep their defaults"
         );
 
-        let zero = format!("{text}[maintenance]\ninterval_secs = 0\n");
-        let err = CoordinatorConfig::parse("c.toml", &zero)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("c.toml:4:17: ") && err.contains("at least 1"),
-            "{err}"
-        );
-        let unknown = format!("{text}[maintenance]\ninterval = 10\n");
-        let err = CoordinatorConfig::parse("c.toml", &unknown)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("c.toml:4:1: ") && err.contains("interval_secs"),
-            "{err}"
-        );
-        let negative = format!("{text}[maintenance]\ntoken_retention_secs = -1\n");
-        let err = CoordinatorConfig::parse("c.toml", &negative)
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("c.toml:4:"), "{err}");
+        // (the [maintenance] body, the position, a word the message has)
+        let bad = [
+            ("interval_secs = 0", "c.toml:4:17: ", "at least 1"),
+            ("interval = 10", "c.toml:4:1: ", "interval_secs"),
+            ("token_retention_secs = -1", "c.toml:4:24: ", "u64"),
+        ];
+        for (body, at, says) in bad {
+            let text = format!("{text}[maintenance]\n{body}\n");
+            let err = CoordinatorConfig::parse("c.toml", &text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(at) && err.contains(says), "{body}: {err}");
+        }
     }
 }

@@ -30,6 +30,26 @@ pub use alloc::Prefixes;
 pub use location::{Opened, StoreLocation, open};
 pub use maintain::{MaintenanceReport, Retention};
 
+/// The migrations of one backend's folder under `migrations/`, in order:
+/// both folders hold the same versions (the same schema in each dialect).
+macro_rules! migrations {
+    ($dir:literal) => {
+        &[
+            (
+                1,
+                "init",
+                include_str!(concat!("../../migrations/", $dir, "/0001_init.sql")),
+            ),
+            (
+                2,
+                "retention",
+                include_str!(concat!("../../migrations/", $dir, "/0002_retention.sql")),
+            ),
+        ]
+    };
+}
+use migrations;
+
 /// The embedded migrations of one backend, as a runtime [`Migrator`]
 /// (sqlx's `migrate!` macro needs the `macros` feature).
 ///

@@ -31,18 +31,7 @@ use super::{
     TokenRefusal, UnixTime, migrator,
 };
 
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/postgres/0001_init.sql"),
-    ),
-    (
-        2,
-        "retention",
-        include_str!("../../migrations/postgres/0002_retention.sql"),
-    ),
-];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = super::migrations!("postgres");
 
 /// Advisory lock key serialising writers ("segmesh" in ASCII).
 pub const WRITE_LOCK: i64 = 0x0073_6567_6d65_7368;

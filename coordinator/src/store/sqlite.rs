@@ -22,18 +22,7 @@ use super::{
     TokenRefusal, UnixTime, migrator,
 };
 
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-    ),
-    (
-        2,
-        "retention",
-        include_str!("../../migrations/sqlite/0002_retention.sql"),
-    ),
-];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = super::migrations!("sqlite");
 
 /// The SQLite store. Cheap to clone (a pool handle).
 #[derive(Debug, Clone)]

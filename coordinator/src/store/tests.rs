@@ -148,6 +148,8 @@ async fn tokens_and_enrollment(s: &dyn Store) {
     assert_eq!(s.list_tokens().await.unwrap()[1].uses_left, 5);
 }
 
+/// A revoked node holds its addresses until the maintenance pass deletes
+/// it; then they (and its name and key) go to the next enrollment.
 async fn addresses_not_reused_while_held(s: &dyn Store) {
     let admin = Change::new("admin", NOW);
     s.create_token(token(1, Some("n"), 10), &admin)
@@ -176,11 +178,33 @@ async fn addresses_not_reused_while_held(s: &dyn Store) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Exhausted(_)), "{err}");
+
+    let rep = s.maintain(NOW + 999, &KEEP).await.unwrap().unwrap();
+    assert!(rep.nodes.is_empty(), "still within the grace period");
+    let rep = s.maintain(NOW + 1000, &KEEP).await.unwrap().unwrap();
+    assert_eq!(rep.nodes, std::slice::from_ref(&a.name));
+    let (c, cert) = s
+        .enroll(
+            &enroll_req(1, 1, Some(a.name.as_str())),
+            &p,
+            &sign,
+            NOW + 1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!((c.addr_v4, c.addr_v6), (a.addr_v4, a.addr_v6));
+    assert_eq!((&c.name, c.public_key), (&a.name, a.public_key));
+    assert!(!c.revoked && c.revoked_at.is_none());
+    assert_ne!(
+        cert.serial_hex, a.cert_serial,
+        "the old certificate stays invalid"
+    );
 }
 
-async fn labels_policy_netmaps_audit(s: &dyn Store) {
+/// One node `<prefix>-1` (key 1) through a fresh single-use token (secret 1).
+async fn enroll_one(s: &dyn Store, prefix: &str) -> NodeRecord {
     let admin = Change::new("admin", NOW);
-    s.create_token(token(1, Some("web"), 1), &admin)
+    s.create_token(token(1, Some(prefix), 1), &admin)
         .await
         .unwrap();
     let (n, _) = s
@@ -192,6 +216,12 @@ async fn labels_policy_netmaps_audit(s: &dyn Store) {
         )
         .await
         .unwrap();
+    n
+}
+
+async fn labels_policy_netmaps_audit(s: &dyn Store) {
+    let admin = Change::new("admin", NOW);
+    let n = enroll_one(s, "web").await;
     let set = parse_labels("env=staging,tier=1").unwrap();
     let l = s
         .label_node(&n.name, &set, &["role".into()], &admin)
@@ -294,26 +324,19 @@ fn ids(tokens: &[TokenRecord]) -> Vec<i64> {
 /// has passed, audits each deletion, and leaves everything else alone.
 async fn maintenance_deletes_only_what_is_past_retention(s: &dyn Store) {
     let admin = Change::new("admin", NOW);
-    let expired = s
-        .create_token(token_until(1, NOW + 10, 5), &admin)
-        .await
-        .unwrap();
-    let live = s
-        .create_token(token_until(2, NOW + 3600, 5), &admin)
-        .await
-        .unwrap();
-    let single = s
-        .create_token(token_until(3, NOW + 3600, 1), &admin)
-        .await
-        .unwrap();
-    let revoked = s
-        .create_token(token_until(4, NOW + 3600, 5), &admin)
-        .await
-        .unwrap();
-    let recent = s
-        .create_token(token_until(5, NOW + 190, 5), &admin)
-        .await
-        .unwrap();
+    // Expired soon, live, single-use, to be revoked, expiring at NOW+190.
+    let mut made = Vec::new();
+    for (secret, expires_at, uses) in [
+        (1, NOW + 10, 5),
+        (2, NOW + 3600, 5),
+        (3, NOW + 3600, 1),
+        (4, NOW + 3600, 5),
+        (5, NOW + 190, 5),
+    ] {
+        let t = token_until(secret, expires_at, uses);
+        made.push(s.create_token(t, &admin).await.unwrap());
+    }
+    let [expired, live, single, revoked, recent] = <[TokenRecord; 5]>::try_from(made).unwrap();
     let r = s.revoke_token(revoked.id, &admin).await.unwrap();
     assert_eq!(r.ended_at, Some(NOW));
     let again = s
@@ -429,52 +452,6 @@ async fn maintenance_deletes_only_what_is_past_retention(s: &dyn Store) {
     assert_eq!(s.audit_log(1000).await.unwrap().len(), log.len());
 }
 
-/// A reclaimed node's addresses, name and key go to the next enrollment.
-async fn reclaimed_address_goes_to_the_next_node(s: &dyn Store) {
-    let admin = Change::new("admin", NOW);
-    s.create_token(token(1, Some("n"), 10), &admin)
-        .await
-        .unwrap();
-    let p = Prefixes {
-        v4: "10.1.0.0/30".parse().unwrap(),
-        v6: "fd00::/64".parse().unwrap(),
-    };
-    let sign = signer();
-    let (a, _) = s
-        .enroll(&enroll_req(1, 1, None), &p, &sign, NOW)
-        .await
-        .unwrap();
-    s.enroll(&enroll_req(1, 2, None), &p, &sign, NOW)
-        .await
-        .unwrap();
-    s.revoke_node(&a.name, &admin).await.unwrap();
-    let err = s
-        .enroll(&enroll_req(1, 3, None), &p, &sign, NOW)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Exhausted(_)), "{err}");
-    let rep = s.maintain(NOW + 999, &KEEP).await.unwrap().unwrap();
-    assert!(rep.nodes.is_empty(), "still within the grace period");
-    let rep = s.maintain(NOW + 1000, &KEEP).await.unwrap().unwrap();
-    assert_eq!(rep.nodes, std::slice::from_ref(&a.name));
-    let (c, cert) = s
-        .enroll(
-            &enroll_req(1, 1, Some(a.name.as_str())),
-            &p,
-            &sign,
-            NOW + 1000,
-        )
-        .await
-        .unwrap();
-    assert_eq!((c.addr_v4, c.addr_v6), (a.addr_v4, a.addr_v6));
-    assert_eq!((&c.name, c.public_key), (&a.name, a.public_key));
-    assert!(!c.revoked && c.revoked_at.is_none());
-    assert_ne!(
-        cert.serial_hex, a.cert_serial,
-        "the old certificate stays invalid"
-    );
-}
-
 /// A PostgreSQL store on a fresh database, or `None` when no test server
 /// is configured.
 async fn open_pg() -> Option<(ScratchDb, PgStore)> {
@@ -513,25 +490,14 @@ on_both_backends!(
     addresses_not_reused_while_held,
     labels_policy_netmaps_audit,
     maintenance_deletes_only_what_is_past_retention,
-    reclaimed_address_goes_to_the_next_node,
 );
 
 /// A revoked node past retention, for the locking tests.
 async fn revoked_long_ago(s: &dyn Store) -> NodeRecord {
-    let admin = Change::new("admin", NOW);
-    s.create_token(token(1, Some("n"), 1), &admin)
+    let n = enroll_one(s, "n").await;
+    s.revoke_node(&n.name, &Change::new("admin", NOW))
         .await
-        .unwrap();
-    let (n, _) = s
-        .enroll(
-            &enroll_req(1, 1, None),
-            &Prefixes::default(),
-            &signer(),
-            NOW,
-        )
-        .await
-        .unwrap();
-    s.revoke_node(&n.name, &admin).await.unwrap()
+        .unwrap()
 }
 
 /// Two coordinators (two pools) on one database: while one holds the
@@ -647,21 +613,12 @@ async fn check_backfill(s: &dyn Store, started: UnixTime) {
     assert!(ended[3].unwrap() >= started);
 }
 
-#[tokio::test]
-async fn sqlite_migration_backfills_when_rows_ended() {
-    use crate::clock::Clock as _;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.db");
-    let started = crate::clock::SystemClock.now().unix;
-    {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true);
-        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-        migrator(&super::sqlite::MIGRATIONS[..1])
-            .run(&pool)
-            .await
-            .unwrap();
+/// Migration 1 only on `$pool`, then the seed rows; closes the pool. (A
+/// macro: the two backends' pools share no convenient generic bound.)
+macro_rules! seed_before_migration_2 {
+    ($pool:expr, $migrations:expr) => {{
+        let pool = $pool;
+        migrator(&$migrations[..1]).run(&pool).await.unwrap();
         for sql in backfill_seed() {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&pool)
@@ -669,7 +626,22 @@ async fn sqlite_migration_backfills_when_rows_ended() {
                 .unwrap();
         }
         pool.close().await;
-    }
+    }};
+}
+
+#[tokio::test]
+async fn sqlite_migration_backfills_when_rows_ended() {
+    use crate::clock::Clock as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let started = crate::clock::SystemClock.now().unix;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    seed_before_migration_2!(
+        sqlx::SqlitePool::connect_with(opts).await.unwrap(),
+        super::sqlite::MIGRATIONS
+    );
     let s = SqliteStore::open(&path).await.unwrap();
     check_backfill(&s, started).await;
 }
@@ -681,20 +653,10 @@ async fn postgres_migration_backfills_when_rows_ended() {
         return;
     };
     let started = crate::clock::SystemClock.now().unix;
-    {
-        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        migrator(&super::postgres::MIGRATIONS[..1])
-            .run(&pool)
-            .await
-            .unwrap();
-        for sql in backfill_seed() {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        pool.close().await;
-    }
+    seed_before_migration_2!(
+        sqlx::PgPool::connect(&db.url).await.unwrap(),
+        super::postgres::MIGRATIONS
+    );
     let s = PgStore::connect(&db.url).await.unwrap();
     check_backfill(&s, started).await;
 }
@@ -733,20 +695,7 @@ async fn concurrent_enrollment_is_unique(stores: &[Arc<dyn Store>]) {
 /// node (a read-modify-write of its label set) and policy applies. None
 /// may be lost, and policy versions stay dense.
 async fn concurrent_admin_changes_are_not_lost(stores: &[Arc<dyn Store>]) {
-    let admin = Change::new("admin", NOW);
-    stores[0]
-        .create_token(token(1, Some("n"), 1), &admin)
-        .await
-        .unwrap();
-    let (node, _) = stores[0]
-        .enroll(
-            &enroll_req(1, 1, None),
-            &Prefixes::default(),
-            &signer(),
-            NOW,
-        )
-        .await
-        .unwrap();
+    let node = enroll_one(stores[0].as_ref(), "n").await;
     let mut tasks = Vec::new();
     for i in 0..16usize {
         let s = Arc::clone(&stores[i % stores.len()]);
