@@ -11,7 +11,8 @@
 # filter is on the measured path), and a node.toml. The netmaps are written
 # directly as JSON in the format `segmeshctl policy netmap --json` produces.
 # Env: SEGMESH_BIN (default: segmesh-node from PATH), SEGMESH_THREADS
-# (worker threads, default: the node's own default).
+# (worker threads, default: the node's own default), SEGMESH_OFFLOAD
+# (true|false: TUN/UDP offloads, default: the node's own default, true).
 
 SEGMESH_BIN=${SEGMESH_BIN:-segmesh-node}
 SM_IF_A=mbsm-a   # distinct names: the UAPI socket directory is shared
@@ -69,6 +70,7 @@ listen_port = 51820
 control_socket = "$WORK/$1.ctl"
 TOML
     if [ -n "${SEGMESH_THREADS:-}" ]; then echo "threads = $SEGMESH_THREADS"; fi
+    if [ -n "${SEGMESH_OFFLOAD:-}" ]; then echo "offload = $SEGMESH_OFFLOAD"; fi
 }
 
 impl_up() {

@@ -49,6 +49,9 @@ struct Slot {
 #[derive(Debug)]
 struct State {
     compiler: Compiler,
+    /// Bumped whenever the compiler's inventory changes, so a compiler
+    /// built outside the lock can be checked for being current.
+    generation: u64,
     slots: BTreeMap<NodeName, Slot>,
     next_conn: u64,
 }
@@ -150,6 +153,45 @@ pub async fn current_policy(store: &dyn Store) -> Result<Policy, StoreError> {
     }
 }
 
+/// Feeds serialized bytes straight into a hash (no buffer per netmap).
+struct HashWriter(sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `sha256:<hex>` of the netmap's JSON with its version set to 0: equal
+/// for equal content whatever the version (what the store records per
+/// version, see [`NetmapRecord::body`]).
+pub fn netmap_digest(map: &NetMap) -> String {
+    let zeroed;
+    let map = if map.version == 0 {
+        map
+    } else {
+        zeroed = NetMap {
+            version: 0,
+            ..map.clone()
+        };
+        &zeroed
+    };
+    let mut w = HashWriter(sha2::Sha256::default());
+    // Serializing plain data into a hash cannot fail.
+    let _ = serde_json::to_writer(&mut w, map);
+    let d = sha2::Digest::finalize(w.0);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in d {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
 fn same_content(a: &NetMap, b: &NetMap) -> bool {
     a.node == b.node && a.overlay == b.overlay && a.peers == b.peers && a.format == b.format
 }
@@ -178,17 +220,15 @@ impl Distributor {
                 continue;
             };
             let stored = store.latest_netmap(n.id).await?;
-            let unchanged = stored
-                .as_ref()
-                .and_then(|(_, body)| NetMap::from_json(body.as_bytes()).ok())
-                .is_some_and(|old| same_content(&old, &map));
+            let digest = netmap_digest(&map);
+            let unchanged = stored.is_some_and(|(_, d)| d == digest);
             map.version = n.netmap_version;
             if !unchanged {
                 map.version += 1;
                 records.push(NetmapRecord {
                     node_id: n.id,
                     version: map.version,
-                    body: serde_json::to_string(&map).unwrap_or_default(),
+                    body: digest,
                 });
             }
             slots.insert(
@@ -212,6 +252,7 @@ impl Distributor {
             metrics,
             state: Mutex::new(State {
                 compiler,
+                generation: 0,
                 slots,
                 next_conn: 0,
             }),
@@ -243,6 +284,7 @@ impl Distributor {
         }
         let rec = self.store.node(name).await?;
         let mut st = self.state.lock().await;
+        st.generation += 1;
         let changes = match &rec {
             Some(n) if !n.revoked => st.compiler.upsert_node(inventory_node(n)),
             _ => st.compiler.remove_node(name),
@@ -252,24 +294,42 @@ impl Distributor {
             st.slots.remove(name);
         }
         let names: Vec<NodeName> = changes.nodes.keys().cloned().collect();
-        self.publish(&mut st, rec.as_ref(), &names, &rotations, now)
+        self.publish(&mut st, rec.as_ref(), &names, None, &rotations, now)
             .await
     }
 
-    /// Installs a new policy and pushes every netmap that changed.
+    /// The current compiler (a copy) and its generation, for work done
+    /// outside the lock (a policy diff, the next policy's compiler).
+    pub async fn compiler(&self) -> (Compiler, u64) {
+        let st = self.state.lock().await;
+        (st.compiler.clone(), st.generation)
+    }
+
+    /// Installs a new policy, compiled by the caller from the inventory of
+    /// `generation` (rebuilt here if a node changed since), and pushes
+    /// every netmap that changed.
     pub async fn policy_changed(
         &self,
-        policy: &Policy,
+        compiler: Compiler,
+        generation: u64,
         now: Instant,
     ) -> Result<BTreeMap<NodeName, u64>, StoreError> {
         if self.shared {
             return self.sync(now).await;
         }
         let mut st = self.state.lock().await;
-        let inv = st.compiler.inventory();
-        st.compiler = Compiler::new(&inv, policy);
+        st.compiler = if st.generation == generation {
+            compiler
+        } else {
+            Compiler::new(&st.compiler.inventory(), compiler.policy())
+        };
+        st.generation += 1;
         let names: Vec<NodeName> = st.slots.keys().cloned().collect();
-        self.publish(&mut st, None, &names, &[], now).await
+        // Every netmap at once: per class, not per node (see
+        // `Compiler::netmaps`).
+        let all = st.compiler.netmaps();
+        self.publish(&mut st, None, &names, Some(all), &[], now)
+            .await
     }
 
     /// Recomputes `names`, records new versions, pushes to connected nodes.
@@ -278,14 +338,21 @@ impl Distributor {
         st: &mut State,
         new_node: Option<&NodeRecord>,
         names: &[NodeName],
+        mut computed: Option<BTreeMap<NodeName, NetMap>>,
         rotations: &[Rotation],
         now: Instant,
     ) -> Result<BTreeMap<NodeName, u64>, StoreError> {
+        #[allow(clippy::disallowed_methods)] // phase timings for the log
+        let t0 = Instant::now();
         let mut pushed = BTreeMap::new();
         let mut records = Vec::new();
         let mut updated = Vec::new();
         for name in names {
-            let Some(mut map) = st.compiler.netmap(name) else {
+            let map = match computed.as_mut().and_then(|c| c.remove(name)) {
+                Some(m) => Some(m),
+                None => st.compiler.netmap(name),
+            };
+            let Some(mut map) = map else {
                 continue;
             };
             let mut fresh = false;
@@ -314,16 +381,18 @@ impl Distributor {
             if !fresh && same_content(&slot.map, &map) {
                 continue;
             }
-            map.version = slot.map.version + 1;
             records.push(NetmapRecord {
                 node_id: slot.id,
-                version: map.version,
-                body: serde_json::to_string(&map).unwrap_or_default(),
+                version: slot.map.version + 1,
+                body: netmap_digest(&map),
             });
+            map.version = slot.map.version + 1;
             updated.push((name.clone(), map));
         }
+        let computed = t0.elapsed();
         // One transaction for the whole change, then the pushes.
         self.store.record_netmaps(&records).await?;
+        let recorded = t0.elapsed();
         for (name, map) in updated {
             let Some(slot) = st.slots.get_mut(&name) else {
                 continue;
@@ -352,6 +421,17 @@ impl Distributor {
             slot.pushed_at.insert(slot.map.version, now);
             pushed.insert(name, slot.map.version);
             self.send(slot, &msg);
+        }
+        if names.len() >= 100 {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            tracing::info!(
+                nodes = names.len(),
+                changed = pushed.len(),
+                compute_ms = ms(computed),
+                record_ms = ms(recorded - computed),
+                push_ms = ms(t0.elapsed() - recorded),
+                "netmaps published"
+            );
         }
         Ok(pushed)
     }
@@ -553,5 +633,26 @@ impl Distributor {
     /// Overlay prefixes every node routes.
     pub fn overlay(&self) -> &[IpNet] {
         &self.overlay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use segmesh_config::PublicKey;
+
+    #[test]
+    fn digest_ignores_the_version_and_sees_every_peer_change() {
+        let map = NetMap::from_json(
+            br#"{"format":1,"version":7,"node":{"name":"a","public_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","addresses":["100.80.0.1"],"labels":{}},"overlay":["100.80.0.0/16"],"peers":[{"public_key":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=","allowed_ips":["100.80.0.2/32"],"outbound":["tcp/80"],"inbound":[]}]}"#,
+        )
+        .unwrap();
+        let d = netmap_digest(&map);
+        assert!(d.starts_with("sha256:") && d.len() == 71, "{d}");
+        let mut other = map.clone();
+        other.version = 8;
+        assert_eq!(netmap_digest(&other), d);
+        other.peers[0].public_key = PublicKey::from_bytes([3; 32]);
+        assert_ne!(netmap_digest(&other), d);
     }
 }

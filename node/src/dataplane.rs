@@ -266,6 +266,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tun,
         events: ev_tx,
         stop: Arc::new(AtomicBool::new(false)),
+        tun_side: Arc::default(),
     };
     let mut threads = Vec::new();
     for (handle, done) in span

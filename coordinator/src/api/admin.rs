@@ -8,16 +8,18 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use rand_core::{OsRng, RngCore as _};
+use segmesh_config::compile::Compiler;
 use segmesh_config::control::JoinToken;
 use segmesh_config::explain::{Explanation, explain as explain_flow, run_tests};
 use segmesh_config::identity::validate_label;
 use segmesh_config::policy::Endpoint;
-use segmesh_config::{Labels, NetMap, NodeName, Policy, PortSpec};
+use segmesh_config::{Labels, NodeName, Policy, PortSpec};
 use sha2::{Digest as _, Sha256};
 
 pub use super::admin_types::*;
 use super::auth::{AdminAuth, JsonBody};
 use super::{ApiError, ConnInfo, Ctx};
+use crate::distribute::netmap_digest;
 use crate::metrics::Gauges;
 use crate::store::{
     AuditEntry, Change, NewToken, NodeRecord, PolicyRecord, StoreError, TokenRecord,
@@ -180,7 +182,10 @@ pub async fn apply_policy(
     Extension(info): Extension<ConnInfo>,
     JsonBody(req): JsonBody<ApplyPolicy>,
 ) -> Result<Json<ApplyReport>, ApiError> {
-    let (inv, old) = ctx.dist.snapshot().await;
+    #[allow(clippy::disallowed_methods)] // phase timings for the log
+    let t0 = std::time::Instant::now();
+    let (old, generation) = ctx.dist.compiler().await;
+    let inv = old.inventory();
     let policy = Policy::parse_with_inventory(&req.path, &req.text, &inv).map_err(bad)?;
     let outcomes = run_tests(&policy, Some(&inv));
     let failed: Vec<String> = outcomes
@@ -206,7 +211,11 @@ pub async fn apply_policy(
         .iter()
         .map(|o| serde_json::to_value(o).unwrap_or_default())
         .collect();
-    let diff = diff(&inv, &old, &policy);
+    let checked = t0.elapsed();
+    let new = Compiler::new(&inv, &policy);
+    let limit = (!req.dry_run).then_some(APPLY_DIFF_LIMIT);
+    let diff = diff(&inv, &old, &new, limit);
+    let diffed = t0.elapsed();
     if req.dry_run {
         return Ok(Json(ApplyReport {
             applied: false,
@@ -217,15 +226,25 @@ pub async fn apply_policy(
         }));
     }
     let now = ctx.clock.now();
-    let details = serde_json::json!({ "path": req.path, "diff": diff });
+    let details =
+        serde_json::json!({ "path": req.path, "diff": diff, "diff_limit": APPLY_DIFF_LIMIT });
     let rec = ctx
         .store
         .apply_policy(&req.text, details, &Change::new(actor(&info), now.unix))
         .await?;
-    let pushed = ctx.dist.policy_changed(&policy, now.instant).await?;
+    let stored = t0.elapsed();
+    let pushed = ctx
+        .dist
+        .policy_changed(new, generation, now.instant)
+        .await?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     tracing::info!(
         policy_version = rec.version,
         pushed = pushed.len(),
+        check_ms = ms(checked),
+        diff_ms = ms(diffed - checked),
+        store_ms = ms(stored - diffed),
+        publish_ms = ms(t0.elapsed() - stored),
         "policy applied"
     );
     Ok(Json(ApplyReport {
@@ -268,13 +287,10 @@ pub async fn audit(
             continue;
         };
         let acked = ctx.store.acked_netmap(n.id).await?;
-        let acked_map = acked
-            .as_ref()
-            .and_then(|(_, body)| NetMap::from_json(body.as_bytes()).ok());
-        let status = match (&acked, acked_map) {
-            (None, _) => "never_acked",
-            (Some(_), Some(m)) if m.peers == expected.peers && m.node == expected.node => "ok",
-            (Some((v, _)), _) if *v < expected.version => "stale",
+        let status = match &acked {
+            None => "never_acked",
+            Some((_, digest)) if *digest == netmap_digest(&expected) => "ok",
+            Some((v, _)) if *v < expected.version => "stale",
             _ => "mismatch",
         };
         nodes.push(NodeAudit {

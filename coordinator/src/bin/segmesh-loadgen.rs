@@ -155,7 +155,11 @@ async fn spawn_child(
         .arg("serve")
         .arg("--config")
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        // The coordinator's phase timings of big changes (see below).
+        .env(
+            "RUST_LOG",
+            "warn,segmesh_coordinator::api::admin=info,segmesh_coordinator::distribute=info",
+        )
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
@@ -408,6 +412,14 @@ async fn main() -> anyhow::Result<()> {
         after.peak_kib as f64 / 1024.0,
         after.cpu.saturating_sub(before.cpu).as_secs_f64()
     );
+    if let Ok(log) = std::fs::read_to_string(dir.path().join("coordinator.log")) {
+        for l in log
+            .lines()
+            .filter(|l| l.contains("policy applied") || l.contains("netmaps published"))
+        {
+            println!("coordinator: {}", l.trim());
+        }
+    }
     let m = admin.request("GET", "/metrics", None, None).await?;
     for l in String::from_utf8_lossy(&m.body).lines().filter(|l| {
         l.starts_with("segmesh_netmap_apply_seconds_count") || l.starts_with("segmesh_streams")

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::live::{ConnArgs, Live, block_on};
 use super::output::{print_json, table};
-use crate::api::admin::{ApplyReport, AuditReport};
+use crate::api::admin::{APPLY_DIFF_LIMIT, ApplyReport, AuditReport};
 
 /// Sends a policy file; the coordinator runs its tests first.
 pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool, json: bool) -> anyhow::Result<bool> {
@@ -41,6 +41,12 @@ pub fn apply(conn: &ConnArgs, file: &Path, dry_run: bool, json: bool) -> anyhow:
             parts.push(format!("~{}", d.changed.join(" ~")));
         }
         println!("  {node}: {}", parts.join(" "));
+    }
+    if r.applied && r.pushed > r.diff.len() {
+        println!(
+            "  ... {} more node(s) changed (an apply lists {APPLY_DIFF_LIMIT}; --dry-run lists all)",
+            r.pushed - r.diff.len()
+        );
     }
     match r.version {
         Some(v) if r.applied => println!(

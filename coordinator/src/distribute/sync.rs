@@ -28,7 +28,7 @@ use std::time::Instant;
 use segmesh_config::control::{Rotation, StreamMessage, peer_delta};
 use segmesh_config::{NetMap, NodeName};
 
-use super::{Distributor, Slot, State, current_policy, inventory, same_content};
+use super::{Distributor, Slot, State, current_policy, inventory, netmap_digest, same_content};
 use crate::store::{NetmapRecord, NodeRecord, StoreError};
 use segmesh_config::compile::Compiler;
 
@@ -62,6 +62,7 @@ impl Distributor {
             match self.store.record_netmaps(&records).await {
                 Ok(()) => {
                     st.compiler = compiler;
+                    st.generation += 1;
                     for name in gone {
                         // Dropping the sender ends the node's stream.
                         st.slots.remove(&name);
@@ -86,10 +87,15 @@ impl Distributor {
         let nodes = self.store.list_nodes().await?;
         let policy = current_policy(self.store.as_ref()).await?;
         let compiler = Compiler::new(&inventory(&nodes, &self.overlay), &policy);
+        let active: std::collections::BTreeSet<&NodeName> = nodes
+            .iter()
+            .filter(|n| !n.revoked)
+            .map(|n| &n.name)
+            .collect();
         let gone: Vec<NodeName> = st
             .slots
             .keys()
-            .filter(|name| !nodes.iter().any(|n| &n.name == *name && !n.revoked))
+            .filter(|name| !active.contains(name))
             .cloned()
             .collect();
         let mut updates = Vec::new();
@@ -100,27 +106,27 @@ impl Distributor {
             };
             let held = st.slots.get(&n.name).map(|s| &s.map);
             let held_version = held.map_or(0, |m| m.version);
-            // The newest netmap known for the node: the stored one when
-            // another coordinator recorded past what this one holds.
-            let stored = if n.netmap_version > held_version || held.is_none() {
-                self.store.latest_netmap(n.id).await?.and_then(|(v, body)| {
-                    let mut m = NetMap::from_json(body.as_bytes()).ok()?;
-                    m.version = v;
-                    Some(m)
-                })
+            // (version, same content) of the newest netmap known for the
+            // node: the stored one when another coordinator recorded past
+            // what this one holds (compared by digest), else the held one.
+            let newest = if n.netmap_version > held_version || held.is_none() {
+                self.store
+                    .latest_netmap(n.id)
+                    .await?
+                    .map(|(v, digest)| (v, digest == netmap_digest(&map)))
             } else {
-                None
+                held.map(|h| (h.version, same_content(h, &map)))
             };
-            let newest = stored.as_ref().or(held);
             match newest {
-                Some(b) if same_content(b, &map) => map.version = b.version,
+                Some((v, true)) => map.version = v,
                 _ => {
-                    map.version = newest.map_or(0, |b| b.version).max(n.netmap_version) + 1;
+                    let last = newest.map_or(0, |(v, _)| v).max(n.netmap_version);
                     records.push(NetmapRecord {
                         node_id: n.id,
-                        version: map.version,
-                        body: serde_json::to_string(&map).unwrap_or_default(),
+                        version: last + 1,
+                        body: netmap_digest(&map),
                     });
+                    map.version = last + 1;
                 }
             }
             if held.is_none_or(|h| h.version != map.version) {

@@ -325,30 +325,51 @@ macro_rules! sql_store {
                 if maps.is_empty() {
                     return Ok(());
                 }
+                // One version per node and batch: the set-based statements
+                // below compare each node once.
+                let mut seen = std::collections::BTreeSet::new();
+                if let Some(m) = maps.iter().find(|m| !seen.insert(m.node_id)) {
+                    return Err(StoreError::Conflict(format!(
+                        "node {} appears twice in one batch of netmap versions",
+                        m.node_id
+                    )));
+                }
                 let mut tx = self.write().await?;
-                for m in maps {
-                    let v = i64::try_from(m.version)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                    let res = sqlx::query(
-                        "UPDATE nodes SET netmap_version = $1 \
-                         WHERE id = $2 AND netmap_version < $1",
-                    )
-                    .bind(v)
-                    .bind(m.node_id)
-                    .execute(&mut *tx)
-                    .await?;
-                    if res.rows_affected() == 0 {
+                // A few statements per thousand nodes, not two per node:
+                // each statement is a round trip (to SQLite's worker
+                // thread, or to the PostgreSQL server), and an all-node
+                // change at 10,000 nodes spent most of its time in them.
+                for chunk in maps.chunks(BATCH_ROWS) {
+                    let versions = chunk
+                        .iter()
+                        .map(|m| Ok((m.node_id, version_col(m.version)?)))
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    // Compare-and-set: every version must be newer.
+                    let mut q = sqlx::QueryBuilder::<$db>::new("WITH v(id, ver) AS (");
+                    q.push_values(&versions, |mut b, (id, v)| {
+                        b.push_bind(*id).push_bind(*v);
+                    });
+                    q.push(
+                        ") UPDATE nodes SET netmap_version = \
+                         (SELECT ver FROM v WHERE v.id = nodes.id) \
+                         WHERE id IN (SELECT id FROM v) \
+                         AND netmap_version < (SELECT ver FROM v WHERE v.id = nodes.id)",
+                    );
+                    let res = q.build().execute(&mut *tx).await?;
+                    if res.rows_affected() != chunk.len() as u64 {
                         return Err(StoreError::Conflict(format!(
-                            "netmap version {} for node {} is not newer than the last one",
-                            m.version, m.node_id
+                            "{} of {} netmap versions are not newer than the last ones recorded",
+                            chunk.len() as u64 - res.rows_affected(),
+                            chunk.len()
                         )));
                     }
-                    sqlx::query("INSERT INTO netmaps (node_id, version, body) VALUES ($1, $2, $3)")
-                        .bind(m.node_id)
-                        .bind(v)
-                        .bind(&m.body)
-                        .execute(&mut *tx)
-                        .await?;
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO netmaps (node_id, version, body) ",
+                    );
+                    q.push_values(chunk.iter().zip(&versions), |mut b, (m, (_, v))| {
+                        b.push_bind(m.node_id).push_bind(*v).push_bind(m.body.as_str());
+                    });
+                    q.build().execute(&mut *tx).await?;
                 }
                 self.netmaps_recorded(&mut tx).await?;
                 tx.commit().await?;
@@ -376,9 +397,42 @@ macro_rules! sql_store {
                 acks: &[(i64, u64)],
                 at: UnixTime,
             ) -> Result<(), StoreError> {
-                let mut tx = self.write().await?;
+                // The newest ack per node (a batch may hold several).
+                let mut newest = std::collections::BTreeMap::new();
                 for (node_id, version) in acks {
-                    ack_tx(&mut tx, *node_id, *version, at).await?;
+                    let v = newest.entry(*node_id).or_insert(0);
+                    *v = (*v).max(version_col(*version)?);
+                }
+                let newest: Vec<(i64, i64)> = newest.into_iter().collect();
+                let mut tx = self.write().await?;
+                for chunk in newest.chunks(BATCH_ROWS) {
+                    // As `ack_tx`, for a chunk at once: acks never go
+                    // backwards and never name a version not sent.
+                    let mut q = sqlx::QueryBuilder::<$db>::new("WITH a(id, ver) AS (");
+                    q.push_values(chunk, |mut b, (id, v)| {
+                        b.push_bind(*id).push_bind(*v);
+                    });
+                    q.push(") UPDATE nodes SET acked_at = ")
+                        .push_bind(at)
+                        .push(
+                            ", acked_version = (SELECT ver FROM a WHERE a.id = nodes.id) \
+                             WHERE id IN (SELECT id FROM a) \
+                             AND acked_version <= (SELECT ver FROM a WHERE a.id = nodes.id) \
+                             AND netmap_version >= (SELECT ver FROM a WHERE a.id = nodes.id)",
+                        );
+                    q.build().execute(&mut *tx).await?;
+                    // Netmaps older than the acked one are superseded.
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "DELETE FROM netmaps WHERE version < \
+                         (SELECT acked_version FROM nodes WHERE nodes.id = netmaps.node_id) \
+                         AND node_id IN (",
+                    );
+                    let mut ids = q.separated(", ");
+                    for (id, _) in chunk {
+                        ids.push_bind(*id);
+                    }
+                    q.push(")");
+                    q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -472,6 +526,15 @@ macro_rules! sql_store {
 
         /// Marks `version` applied if it was sent and is not older than the
         /// last ack; drops older netmaps. Returns whether it was recorded.
+        /// Rows per multi-row statement: 3,000 bound values at most, under
+        /// SQLite's and PostgreSQL's limits.
+        const BATCH_ROWS: usize = 1000;
+
+        /// A netmap version as the BIGINT column holds it.
+        fn version_col(v: u64) -> Result<i64, StoreError> {
+            i64::try_from(v).map_err(|e| StoreError::Invalid(e.to_string()))
+        }
+
         async fn ack_tx(
             tx: &mut Tx,
             node_id: i64,

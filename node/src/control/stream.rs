@@ -1,4 +1,5 @@
-//! The netmap stream client: mTLS to the coordinator, apply each netmap
+//! The coordinator session client: mTLS to the coordinator (one upgraded
+//! connection, see `GET /v1/session`), apply each netmap
 //! that passes validation and peer pinning, cache it, ack its version;
 //! reconnect with backoff and jitter, trying every coordinator URL.
 
