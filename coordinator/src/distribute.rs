@@ -196,6 +196,49 @@ fn same_content(a: &NetMap, b: &NetMap) -> bool {
     a.node == b.node && a.overlay == b.overlay && a.peers == b.peers && a.format == b.format
 }
 
+/// What a node holding `old` is sent to reach `new`: a delta when only
+/// peers changed and the node holds a real version (it has seen a stream),
+/// else the full netmap.
+fn message(old: &NetMap, new: &NetMap, rotations: Vec<Rotation>) -> StreamMessage {
+    match peer_delta(old, new) {
+        Some((remove, upsert)) if old.version > 0 => StreamMessage::Delta {
+            base_version: old.version,
+            version: new.version,
+            remove,
+            upsert,
+            rotations,
+        },
+        _ => StreamMessage::Netmap {
+            netmap: new.clone(),
+            rotations,
+        },
+    }
+}
+
+/// `f` over `items` on every core, results in order. For pure,
+/// CPU-bound per-node work; small inputs stay on the calling thread.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if items.len() < 512 || threads < 2 {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = items
+            .chunks(items.len().div_ceil(threads.min(8)))
+            .map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for w in workers {
+            match w.join() {
+                Ok(part) => out.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
 fn line(msg: &StreamMessage) -> Bytes {
     let mut v = serde_json::to_vec(msg).unwrap_or_default();
     v.push(b'\n');
@@ -345,14 +388,13 @@ impl Distributor {
         #[allow(clippy::disallowed_methods)] // phase timings for the log
         let t0 = Instant::now();
         let mut pushed = BTreeMap::new();
-        let mut records = Vec::new();
-        let mut updated = Vec::new();
+        let mut updated: Vec<(NodeName, NetMap)> = Vec::new();
         for name in names {
             let map = match computed.as_mut().and_then(|c| c.remove(name)) {
                 Some(m) => Some(m),
                 None => st.compiler.netmap(name),
             };
-            let Some(mut map) = map else {
+            let Some(map) = map else {
                 continue;
             };
             let mut fresh = false;
@@ -381,46 +423,48 @@ impl Distributor {
             if !fresh && same_content(&slot.map, &map) {
                 continue;
             }
+            updated.push((name.clone(), map));
+        }
+        // Digests and stream lines are serialization-bound and independent
+        // per node: spread over the cores.
+        let digests = par_map(&updated, |(_, m)| netmap_digest(m));
+        let mut records = Vec::with_capacity(updated.len());
+        for ((name, map), body) in updated.iter_mut().zip(digests) {
+            let Some(slot) = st.slots.get(name) else {
+                continue;
+            };
+            map.version = slot.map.version + 1;
             records.push(NetmapRecord {
                 node_id: slot.id,
-                version: slot.map.version + 1,
-                body: netmap_digest(&map),
+                version: map.version,
+                body,
             });
-            map.version = slot.map.version + 1;
-            updated.push((name.clone(), map));
         }
         let computed = t0.elapsed();
         // One transaction for the whole change, then the pushes.
         self.store.record_netmaps(&records).await?;
         let recorded = t0.elapsed();
-        for (name, map) in updated {
-            let Some(slot) = st.slots.get_mut(&name) else {
-                continue;
-            };
+        let slots = &st.slots;
+        let lines = par_map(&updated, |(name, map)| {
+            let slot = slots.get(name)?;
+            slot.stream.as_ref()?;
             let rot: Vec<Rotation> = rotations
                 .iter()
                 .filter(|r| map.peer(&r.new).is_some())
                 .cloned()
                 .collect();
-            // A delta when only peers changed (and the node holds the
-            // previous version, i.e. it has a stream that saw it).
-            let msg = match peer_delta(&slot.map, &map) {
-                Some((remove, upsert)) if slot.map.version > 0 => StreamMessage::Delta {
-                    base_version: slot.map.version,
-                    version: map.version,
-                    remove,
-                    upsert,
-                    rotations: rot,
-                },
-                _ => StreamMessage::Netmap {
-                    netmap: map.clone(),
-                    rotations: rot,
-                },
+            Some(line(&message(&slot.map, map, rot)))
+        });
+        for ((name, map), line) in updated.into_iter().zip(lines) {
+            let Some(slot) = st.slots.get_mut(&name) else {
+                continue;
             };
             slot.map = map;
             slot.pushed_at.insert(slot.map.version, now);
             pushed.insert(name, slot.map.version);
-            self.send(slot, &msg);
+            if let Some(line) = line {
+                self.send_line(slot, line);
+            }
         }
         if names.len() >= 100 {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -437,10 +481,16 @@ impl Distributor {
     }
 
     fn send(&self, slot: &mut Slot, msg: &StreamMessage) {
+        if slot.stream.is_some() {
+            self.send_line(slot, line(msg));
+        }
+    }
+
+    fn send_line(&self, slot: &mut Slot, line: Bytes) {
         let Some((_, tx)) = &slot.stream else {
             return;
         };
-        if tx.try_send(line(msg)).is_ok() {
+        if tx.try_send(line).is_ok() {
             self.metrics.pushes.fetch_add(1, Ordering::Relaxed);
         } else {
             tracing::warn!(node = %slot.map.node.name, "stream too slow or closed; disconnecting");
@@ -640,6 +690,15 @@ impl Distributor {
 mod tests {
     use super::*;
     use segmesh_config::PublicKey;
+
+    #[test]
+    fn par_map_keeps_order_at_any_size() {
+        for n in [0usize, 3, 511, 512, 2001] {
+            let items: Vec<usize> = (0..n).collect();
+            let out = par_map(&items, |x| x * 2);
+            assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+        }
+    }
 
     #[test]
     fn digest_ignores_the_version_and_sees_every_peer_change() {

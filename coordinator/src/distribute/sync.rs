@@ -25,10 +25,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use segmesh_config::control::{Rotation, StreamMessage, peer_delta};
+use segmesh_config::control::Rotation;
 use segmesh_config::{NetMap, NodeName};
 
-use super::{Distributor, Slot, State, current_policy, inventory, netmap_digest, same_content};
+use super::{
+    Distributor, Slot, State, current_policy, inventory, message, netmap_digest, same_content,
+};
 use crate::store::{NetmapRecord, NodeRecord, StoreError};
 use segmesh_config::compile::Compiler;
 
@@ -154,19 +156,7 @@ impl Distributor {
                 pushed_at: BTreeMap::new(),
             });
             let rotations = rotations(&slot.map, &map);
-            let msg = match peer_delta(&slot.map, &map) {
-                Some((remove, upsert)) if slot.map.version > 0 => StreamMessage::Delta {
-                    base_version: slot.map.version,
-                    version: map.version,
-                    remove,
-                    upsert,
-                    rotations,
-                },
-                _ => StreamMessage::Netmap {
-                    netmap: map.clone(),
-                    rotations,
-                },
-            };
+            let msg = message(&slot.map, &map, rotations);
             slot.id = node.id;
             slot.map = map;
             slot.pushed_at.insert(slot.map.version, now);

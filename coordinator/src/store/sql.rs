@@ -350,10 +350,8 @@ macro_rules! sql_store {
                         b.push_bind(*id).push_bind(*v);
                     });
                     q.push(
-                        ") UPDATE nodes SET netmap_version = \
-                         (SELECT ver FROM v WHERE v.id = nodes.id) \
-                         WHERE id IN (SELECT id FROM v) \
-                         AND netmap_version < (SELECT ver FROM v WHERE v.id = nodes.id)",
+                        ") UPDATE nodes SET netmap_version = v.ver FROM v \
+                         WHERE v.id = nodes.id AND nodes.netmap_version < v.ver",
                     );
                     let res = q.build().execute(&mut *tx).await?;
                     if res.rows_affected() != chunk.len() as u64 {
@@ -415,10 +413,8 @@ macro_rules! sql_store {
                     q.push(") UPDATE nodes SET acked_at = ")
                         .push_bind(at)
                         .push(
-                            ", acked_version = (SELECT ver FROM a WHERE a.id = nodes.id) \
-                             WHERE id IN (SELECT id FROM a) \
-                             AND acked_version <= (SELECT ver FROM a WHERE a.id = nodes.id) \
-                             AND netmap_version >= (SELECT ver FROM a WHERE a.id = nodes.id)",
+                            ", acked_version = a.ver FROM a WHERE a.id = nodes.id \
+                             AND nodes.acked_version <= a.ver AND nodes.netmap_version >= a.ver",
                         );
                     q.build().execute(&mut *tx).await?;
                     // Netmaps older than the acked one are superseded.
@@ -524,8 +520,6 @@ macro_rules! sql_store {
 
         super::maintain::maintain_tx!();
 
-        /// Marks `version` applied if it was sent and is not older than the
-        /// last ack; drops older netmaps. Returns whether it was recorded.
         /// Rows per multi-row statement: 3,000 bound values at most, under
         /// SQLite's and PostgreSQL's limits.
         const BATCH_ROWS: usize = 1000;
@@ -535,6 +529,8 @@ macro_rules! sql_store {
             i64::try_from(v).map_err(|e| StoreError::Invalid(e.to_string()))
         }
 
+        /// Marks `version` applied if it was sent and is not older than the
+        /// last ack; drops older netmaps. Returns whether it was recorded.
         async fn ack_tx(
             tx: &mut Tx,
             node_id: i64,
