@@ -103,23 +103,7 @@ pub async fn stream(
     Query(query): Query<StreamQuery>,
     NodeAuth(node, info): NodeAuth,
 ) -> Result<Response, ApiError> {
-    let now = ctx.clock.now();
-    let (conn, rx, resumed) = ctx
-        .dist
-        .subscribe(&node.name, now.instant, query.since)
-        .await
-        .ok_or_else(|| ApiError::Forbidden(format!("node {} has no netmap", node.name)))?;
-    tracing::info!(node = %node.name, remote = %info.remote, resumed, "stream opened");
-    if let Some(v) = query.since.filter(|_| resumed) {
-        // The node has this version in force (e.g. from its enrollment
-        // answer, or acked to another coordinator): that is an ack.
-        ctx.dist.ack(&node.name, v, now).await?;
-    }
-    let guard = StreamGuard {
-        dist: Arc::clone(&ctx.dist),
-        name: node.name.clone(),
-        conn,
-    };
+    let (guard, rx) = open_feed(&ctx, &node.name, &info, query.since, "stream").await?;
     let beat = ctx.settings.heartbeat;
     let clock = Arc::clone(&ctx.clock);
     let body = futures_util::stream::unfold((rx, guard), move |(mut rx, guard)| {
@@ -128,14 +112,7 @@ pub async fn stream(
             let item = match tokio::time::timeout(beat, rx.recv()).await {
                 Ok(Some(line)) => line,
                 Ok(None) => return None,
-                Err(_) => {
-                    let msg = StreamMessage::Heartbeat {
-                        at: clock.now().unix,
-                    };
-                    let mut v = serde_json::to_vec(&msg).unwrap_or_default();
-                    v.push(b'\n');
-                    Bytes::from(v)
-                }
+                Err(_) => heartbeat_line(clock.as_ref()),
             };
             Some((Ok::<_, Infallible>(item), (rx, guard)))
         }
@@ -145,6 +122,47 @@ pub async fn stream(
         .header("cache-control", "no-store")
         .body(Body::from_stream(body))
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Opens a node's netmap feed (GET /v1/stream, GET /v1/session): the
+/// current netmap is queued first unless `since` names it, and then the
+/// node has that version in force (e.g. from its enrollment answer, or
+/// acked to another coordinator), which is an ack. The guard forgets the
+/// feed when dropped.
+pub(super) async fn open_feed(
+    ctx: &Ctx,
+    name: &NodeName,
+    info: &ConnInfo,
+    since: Option<u64>,
+    kind: &'static str,
+) -> Result<(StreamGuard, tokio::sync::mpsc::Receiver<Bytes>), ApiError> {
+    let now = ctx.clock.now();
+    let (conn, rx, resumed) = ctx
+        .dist
+        .subscribe(name, now.instant, since)
+        .await
+        .ok_or_else(|| ApiError::Forbidden(format!("node {name} has no netmap")))?;
+    tracing::info!(node = %name, remote = %info.remote, resumed, kind, "netmap feed opened");
+    if let Some(v) = since.filter(|_| resumed) {
+        ctx.dist.ack(name, v, now).await?;
+    }
+    let guard = StreamGuard {
+        dist: Arc::clone(&ctx.dist),
+        name: name.clone(),
+        conn,
+    };
+    Ok((guard, rx))
+}
+
+/// One heartbeat line: sent when a feed has been quiet for a while, so
+/// both ends notice a dead connection.
+pub(super) fn heartbeat_line(clock: &dyn crate::clock::Clock) -> Bytes {
+    let msg = StreamMessage::Heartbeat {
+        at: clock.now().unix,
+    };
+    let mut v = serde_json::to_vec(&msg).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
 }
 
 /// POST /v1/ack: the node applied `version`.

@@ -19,12 +19,12 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use segmesh_config::NodeName;
 use segmesh_config::client::SESSION_PROTOCOL;
-use segmesh_config::control::{NodeMessage, StreamMessage};
+use segmesh_config::control::NodeMessage;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
 use super::auth::NodeAuth;
-use super::node::{StreamGuard, StreamQuery, record_endpoints};
+use super::node::{StreamQuery, heartbeat_line, open_feed, record_endpoints};
 use super::{ApiError, ConnInfo, Ctx};
 
 /// A node line longer than this ends the session (acks and endpoint reports
@@ -51,22 +51,7 @@ pub async fn session(
         .extensions_mut()
         .remove::<OnUpgrade>()
         .ok_or_else(|| ApiError::BadRequest("this connection cannot be upgraded".into()))?;
-    let now = ctx.clock.now();
-    let (conn, rx, resumed) = ctx
-        .dist
-        .subscribe(&node.name, now.instant, query.since)
-        .await
-        .ok_or_else(|| ApiError::Forbidden(format!("node {} has no netmap", node.name)))?;
-    tracing::info!(node = %node.name, remote = %info.remote, resumed, "session opened");
-    if let Some(v) = query.since.filter(|_| resumed) {
-        // The node has this version in force: that is an ack.
-        ctx.dist.ack(&node.name, v, now).await?;
-    }
-    let guard = StreamGuard {
-        dist: Arc::clone(&ctx.dist),
-        name: node.name.clone(),
-        conn,
-    };
+    let (guard, rx) = open_feed(&ctx, &node.name, &info, query.since, "session").await?;
     let name = node.name.clone();
     tokio::spawn(async move {
         let _guard = guard;
@@ -116,7 +101,7 @@ async fn run<S: AsyncRead + AsyncWrite>(
                 Ok(Some(line)) => line,
                 // Revoked, replaced by a newer session, or shutting down.
                 Ok(None) => return "closed by the coordinator",
-                Err(_) => heartbeat(ctx),
+                Err(_) => heartbeat_line(ctx.clock.as_ref()),
             },
             n = read.read_buf(&mut buf) => match n {
                 Ok(0) => return "closed by the node",
@@ -128,15 +113,6 @@ async fn run<S: AsyncRead + AsyncWrite>(
             return "write failed";
         }
     }
-}
-
-fn heartbeat(ctx: &Ctx) -> Bytes {
-    let msg = StreamMessage::Heartbeat {
-        at: ctx.clock.now().unix,
-    };
-    let mut v = serde_json::to_vec(&msg).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
 }
 
 /// One line from the node. A bad line is logged and skipped: the session
