@@ -117,6 +117,19 @@ impl Harness {
         v["token"].as_str().unwrap().to_string()
     }
 
+    /// POLICY applied, then db-1 (key 2) and web-1 (key 1) enrolled.
+    async fn db_and_web(&self) -> (Node, Node) {
+        self.admin("POST", "/v1/admin/policy", Some(json!({ "text": POLICY })))
+            .await;
+        let web_tok = self
+            .token(json!({ "role": "web", "env": "prod" }), "web", 1)
+            .await;
+        let db_tok = self.token(json!({ "role": "db" }), "db", 1).await;
+        let db = self.enroll(&db_tok, "db-1", 2).await.unwrap();
+        let web = self.enroll(&web_tok, "web-1", 1).await.unwrap();
+        (db, web)
+    }
+
     async fn enroll(&self, token: &str, name: &str, key: u8) -> Result<Node, (u16, String)> {
         let t = segmesh_config::control::JoinToken::parse(token).unwrap();
         let tls_key = KeyPair::generate().unwrap();
@@ -630,14 +643,7 @@ async fn restart_keeps_state_and_versions() {
 async fn key_rotation_reaches_peers_marked_as_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(dir.path()).await;
-    h.admin("POST", "/v1/admin/policy", Some(json!({ "text": POLICY })))
-        .await;
-    let web_tok = h
-        .token(json!({ "role": "web", "env": "prod" }), "web", 1)
-        .await;
-    let db_tok = h.token(json!({ "role": "db" }), "db", 1).await;
-    let db = h.enroll(&db_tok, "db-1", 2).await.unwrap();
-    let web = h.enroll(&web_tok, "web-1", 1).await.unwrap();
+    let (db, web) = h.db_and_web().await;
     let mut db_s = Follower::new(db.stream().await);
     let first = db_s.next(2).await.unwrap();
     assert_eq!(first.peers[0].public_key, PublicKey::from_bytes([1; 32]));
@@ -796,14 +802,7 @@ async fn session_carries_netmaps_acks_and_endpoints_on_one_connection() {
     use segmesh_config::control::{EndpointsReport, NodeMessage};
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::start(dir.path()).await;
-    h.admin("POST", "/v1/admin/policy", Some(json!({ "text": POLICY })))
-        .await;
-    let web_tok = h
-        .token(json!({ "role": "web", "env": "prod" }), "web", 1)
-        .await;
-    let db_tok = h.token(json!({ "role": "db" }), "db", 1).await;
-    let db = h.enroll(&db_tok, "db-1", 2).await.unwrap();
-    let web = h.enroll(&web_tok, "web-1", 1).await.unwrap();
+    let (db, web) = h.db_and_web().await;
 
     // Without the upgrade headers the route refuses, saying what it needs.
     let plain = db
