@@ -62,9 +62,14 @@ fn gen_err(e: rcgen::Error) -> CaError {
     CaError::Generate(e.to_string())
 }
 
-/// Lower-case hex.
+/// Lower-case hex (certificate serials, fingerprints, stored hashes).
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Hex SHA-256 of some bytes (the CA fingerprint form).

@@ -183,13 +183,7 @@ pub fn netmap_digest(map: &NetMap) -> String {
     let mut w = HashWriter(sha2::Sha256::default());
     // Serializing plain data into a hash cannot fail.
     let _ = serde_json::to_writer(&mut w, map);
-    let d = sha2::Digest::finalize(w.0);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in d {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("sha256:{}", crate::ca::hex(&sha2::Digest::finalize(w.0)))
 }
 
 fn same_content(a: &NetMap, b: &NetMap) -> bool {

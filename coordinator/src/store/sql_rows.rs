@@ -172,9 +172,7 @@ pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(super) use crate::ca::hex;
 
 /// The name rule of [`choose_name`](sql_rows), given the names in use.
 pub(super) fn pick_name(
