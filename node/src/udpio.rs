@@ -108,7 +108,15 @@ impl UdpIo {
         I: IntoIterator<Item = (SocketAddr, &'a [u8])>,
     {
         b.clear();
-        for (dst, payload) in datagrams {
+        let mut datagrams = datagrams.into_iter();
+        let first = datagrams.next();
+        let second = datagrams.next();
+        if let (Some((dst, payload)), None) = (first, second.as_ref()) {
+            // One datagram (interactive traffic): a plain sendto, without
+            // building a batch: less code and memory touched on a cold cache.
+            return self.send_one(if self.v6 { to_v6(dst) } else { dst }, payload);
+        }
+        for (dst, payload) in first.into_iter().chain(second).chain(datagrams) {
             b.dsts.push(if self.v6 { to_v6(dst) } else { dst });
             b.iovs.push(libc::iovec {
                 iov_base: payload.as_ptr() as *mut libc::c_void,
@@ -127,6 +135,43 @@ impl UdpIo {
                     from = resume;
                 }
                 Err(_) => return,
+            }
+        }
+    }
+
+    fn send_one(&self, dst: SocketAddr, payload: &[u8]) {
+        // SAFETY: plain old data; all-zero is valid.
+        let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let namelen = to_sockaddr(dst, &mut name);
+        let fd = self.sock.as_raw_fd();
+        loop {
+            // SAFETY: the payload and the address live across the call.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    payload.as_ptr().cast(),
+                    payload.len(),
+                    libc::MSG_DONTWAIT,
+                    (&name as *const libc::sockaddr_storage).cast(),
+                    namelen,
+                )
+            };
+            if n >= 0 {
+                return;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => {
+                    if !poll_fd(fd, libc::POLLOUT, SEND_WAIT).unwrap_or(false) {
+                        tracing::debug!("udp send buffer full; datagram dropped");
+                        return;
+                    }
+                }
+                _ => {
+                    tracing::debug!(endpoint = %from_v6(dst), error = %e, "udp send failed");
+                    return;
+                }
             }
         }
     }
@@ -517,5 +562,26 @@ mod tests {
         assert_eq!(from_v6(to_v6(a)), a);
         let b: SocketAddr = "[fd00::1]:1".parse().unwrap();
         assert_eq!(from_v6(b), b);
+    }
+
+    /// A lone datagram takes the plain `sendto` path, a batch the `sendmmsg`
+    /// path (GSO on loopback); both arrive whole and in order.
+    #[test]
+    fn single_datagrams_and_batches_arrive_in_order() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let dst = rx.local_addr().unwrap();
+        let tx = UdpIo::new(UdpSocket::bind("127.0.0.1:0").unwrap(), false, true).unwrap();
+        let mut batch = SendBatch::default();
+        tx.send(&mut batch, [(dst, &b"one"[..])]);
+        let many: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1200]).collect();
+        tx.send(&mut batch, many.iter().map(|p| (dst, &p[..])));
+        let mut buf = [0u8; 2048];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"one");
+        for want in &many {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &want[..]);
+        }
     }
 }
