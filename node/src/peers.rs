@@ -7,7 +7,10 @@
 //! dropped at once, with its sessions. A new key always gets a fresh tunnel
 //! and a fresh local index, so stale datagrams cannot reach it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// Looked up once per packet; keyed per process like the flow tables.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -88,8 +91,8 @@ impl PeerTable {
             public,
             limiter,
             peers: BTreeMap::new(),
-            by_index: HashMap::new(),
-            hosts: HashMap::new(),
+            by_index: HashMap::default(),
+            hosts: HashMap::default(),
             nets: Vec::new(),
             next_index: index_seed & INDEX_MASK,
         }
