@@ -1,0 +1,101 @@
+//! The core's work for one idle ping round trip through two nodes (A
+//! encrypts the request, B decrypts it, B encrypts the kernel's reply, A
+//! decrypts it), warm and with the caches evicted first.
+//!
+//! Why: segmesh's idle round trip in the shared harness is a little slower
+//! than boringtun-cli's, with a similar instruction count per packet
+//! (docs/benchmarks.md, "Idle round trip"). This bench keeps the core's
+//! share of a round trip measured, warm and cold (a write sweep over 64 MiB
+//! before every round trip evicts caches and TLB). It does not reproduce
+//! what a VM adds after its vCPU sat idle (there, one pass of the core took
+//! 9-13 us, here 1-2 us cold), and the IO layer (system calls, batches) is
+//! not in it.
+//!
+//! `cargo bench -p segmesh-node --bench cold_path`
+
+// Benchmark setup: a panic is the report; the bench is a driver and times
+// itself with the clock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use common::{Sim, kernel_answer};
+use criterion::{Criterion, criterion_group, criterion_main};
+use segmesh_node::craft;
+
+/// Larger than any last-level cache these machines have.
+const EVICT: usize = 64 << 20;
+
+/// Two nodes with a session, the request A's local process sends and the
+/// reply B's kernel gives (made once: the kernel's work is not measured).
+fn setup() -> (Sim, Vec<u8>, Vec<u8>) {
+    let mut s = Sim::new(&["a", "b"], 1, 0.0);
+    s.apply(&[("a", "b", &["icmp"])]);
+    let (a, b) = (s.addr("a", false), s.addr("b", false));
+    let ping = craft::echo_request(a, b, 7, 1);
+    s.send("a", &ping);
+    s.run(Duration::from_secs(1));
+    assert!(!s.take_tun("a").is_empty(), "no reply through the tunnel");
+    let answer = kernel_answer(&s.take_tun("b")[0]).expect("echo reply");
+    (s, ping, answer)
+}
+
+/// One round trip through both cores, by hand: each output goes straight
+/// to the other side's input, buffers go back to their pools.
+fn round_trip(s: &mut Sim, ping: &[u8], answer: &[u8], now: Instant) {
+    let (ia, ib) = (s.idx("a"), s.idx("b"));
+    let (ua, ub) = (s.nodes[ia].udp, s.nodes[ib].udp);
+    s.nodes[ia].core.handle_tun(now, ping);
+    let req = s.nodes[ia].core.poll_transmit().expect("request datagram");
+    s.nodes[ib].core.handle_udp(now, ua, &req.payload);
+    s.nodes[ia].core.recycle(req.payload);
+    let inner = s.nodes[ib].core.poll_tun_write().expect("request at B");
+    s.nodes[ib].core.recycle(black_box(inner));
+    s.nodes[ib].core.handle_tun(now, answer);
+    let rep = s.nodes[ib].core.poll_transmit().expect("reply datagram");
+    s.nodes[ia].core.handle_udp(now, ub, &rep.payload);
+    s.nodes[ib].core.recycle(rep.payload);
+    let back = s.nodes[ia].core.poll_tun_write().expect("reply at A");
+    s.nodes[ia].core.recycle(black_box(back));
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ping_round_trip");
+    for cold in [false, true] {
+        let (mut s, ping, answer) = setup();
+        let mut sweep = vec![0u8; EVICT];
+        let mut now = s.now;
+        g.bench_function(if cold { "cold" } else { "warm" }, |bch| {
+            bch.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    if cold {
+                        for b in sweep.iter_mut().step_by(64) {
+                            *b = b.wrapping_add(i as u8);
+                        }
+                        black_box(&sweep);
+                    }
+                    // Virtual time moves on, but stays well inside the
+                    // session's lifetime whatever the iteration count.
+                    now += Duration::from_nanos(100);
+                    let t0 = Instant::now();
+                    round_trip(&mut s, &ping, &answer, now);
+                    total += t0.elapsed();
+                }
+                total
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(5));
+    targets = bench
+}
+criterion_main!(benches);
