@@ -44,22 +44,27 @@ fn setup() -> (Sim, Vec<u8>, Vec<u8>) {
     (s, ping, answer)
 }
 
-/// One round trip through both cores, by hand: each output goes straight
-/// to the other side's input, buffers go back to their pools.
+/// One leg: `from`'s local process sends `packet`, the datagram goes
+/// straight to `to`, which decrypts it; returns what `to` writes to its
+/// TUN. The datagram's buffer goes back to its pool.
+fn leg(s: &mut Sim, from: usize, to: usize, packet: &[u8], now: Instant) -> Vec<u8> {
+    let src = s.nodes[from].udp;
+    s.nodes[from].core.handle_tun(now, packet);
+    let d = s.nodes[from].core.poll_transmit().expect("datagram");
+    s.nodes[to].core.handle_udp(now, src, &d.payload);
+    s.nodes[from].core.recycle(d.payload);
+    s.nodes[to]
+        .core
+        .poll_tun_write()
+        .expect("packet through the tunnel")
+}
+
+/// One round trip through both cores: the request A -> B, the reply back.
 fn round_trip(s: &mut Sim, ping: &[u8], answer: &[u8], now: Instant) {
     let (ia, ib) = (s.idx("a"), s.idx("b"));
-    let (ua, ub) = (s.nodes[ia].udp, s.nodes[ib].udp);
-    s.nodes[ia].core.handle_tun(now, ping);
-    let req = s.nodes[ia].core.poll_transmit().expect("request datagram");
-    s.nodes[ib].core.handle_udp(now, ua, &req.payload);
-    s.nodes[ia].core.recycle(req.payload);
-    let inner = s.nodes[ib].core.poll_tun_write().expect("request at B");
+    let inner = leg(s, ia, ib, ping, now);
     s.nodes[ib].core.recycle(black_box(inner));
-    s.nodes[ib].core.handle_tun(now, answer);
-    let rep = s.nodes[ib].core.poll_transmit().expect("reply datagram");
-    s.nodes[ia].core.handle_udp(now, ub, &rep.payload);
-    s.nodes[ib].core.recycle(rep.payload);
-    let back = s.nodes[ia].core.poll_tun_write().expect("reply at A");
+    let back = leg(s, ib, ia, answer, now);
     s.nodes[ia].core.recycle(black_box(back));
 }
 

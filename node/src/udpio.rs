@@ -163,15 +163,13 @@ impl UdpIo {
                 return;
             }
             let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => {
-                    if !poll_fd(fd, libc::POLLOUT, SEND_WAIT).unwrap_or(false) {
-                        tracing::debug!("udp send buffer full; datagram dropped");
-                        return;
-                    }
+            match stall(fd, &e) {
+                Stall::Retry => {}
+                Stall::Full => {
+                    tracing::debug!("udp send buffer full; datagram dropped");
+                    return;
                 }
-                _ => {
+                Stall::Failed => {
                     tracing::debug!(endpoint = %from_v6(dst), error = %e, "udp send failed");
                     return;
                 }
@@ -201,27 +199,48 @@ impl UdpIo {
                 continue;
             }
             let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => {
-                    if !poll_fd(fd, libc::POLLOUT, SEND_WAIT).unwrap_or(false) {
-                        tracing::debug!(
-                            dropped = b.hdrs.len() - sent,
-                            "udp send buffer full; batch dropped"
-                        );
-                        return Ok(());
-                    }
+            match stall(fd, &e) {
+                Stall::Retry => {}
+                Stall::Full => {
+                    tracing::debug!(
+                        dropped = b.hdrs.len() - sent,
+                        "udp send buffer full; batch dropped"
+                    );
+                    return Ok(());
                 }
-                _ if gso && e.raw_os_error() == Some(libc::EIO) && b.segments[sent] > 1 => {
+                Stall::Failed
+                    if gso && e.raw_os_error() == Some(libc::EIO) && b.segments[sent] > 1 =>
+                {
                     return Err(b.first[sent]);
                 }
-                _ => {
+                Stall::Failed => {
                     tracing::debug!(endpoint = %from_v6(b.dsts[b.first[sent]]), error = %e, "udp send failed");
                     sent += 1;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// What a failed non-blocking send means for the sender.
+enum Stall {
+    /// Interrupted, or buffer space came free within `SEND_WAIT`.
+    Retry,
+    /// The socket buffer stayed full: drop the rest (TCP above recovers).
+    Full,
+    /// Any other error: the caller's to handle.
+    Failed,
+}
+
+fn stall(fd: RawFd, e: &io::Error) -> Stall {
+    match e.kind() {
+        io::ErrorKind::Interrupted => Stall::Retry,
+        io::ErrorKind::WouldBlock if poll_fd(fd, libc::POLLOUT, SEND_WAIT).unwrap_or(false) => {
+            Stall::Retry
+        }
+        io::ErrorKind::WouldBlock => Stall::Full,
+        _ => Stall::Failed,
     }
 }
 
