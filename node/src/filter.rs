@@ -9,11 +9,6 @@
 //! Only admitted flows take state; refused ones are remembered briefly and
 //! in bounded space, just so a retransmitting client yields one flow event.
 
-/// The flow tables' hash: keyed with a random per-process key (flow keys
-/// come from peers' packets, so collisions must not be predictable) and
-/// several times cheaper than std's SipHash, which showed up as a tenth of a
-/// packet's instructions.
-type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -23,6 +18,12 @@ use crate::packet::{
     Class, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, TCP_FIN, TCP_RST,
 };
 use crate::status::{Direction, Verdict};
+
+/// The flow tables' hash: keyed with a random per-process key (flow keys
+/// come from peers' packets, so collisions must not be predictable) and
+/// several times cheaper than std's SipHash, which showed up as a tenth of a
+/// packet's instructions.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 /// Timeouts, close to Linux conntrack's defaults so that long idle TCP
 /// sessions (database pools) survive like they do without segmesh.

@@ -8,9 +8,6 @@
 //! and a fresh local index, so stale datagrams cannot reach it.
 
 use std::collections::BTreeMap;
-
-/// Looked up once per packet; keyed per process like the flow tables.
-type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -20,6 +17,9 @@ use ipnet::IpNet;
 use segmesh_config::{NetMap, NodeName, PortSet, PublicKey};
 
 use crate::tunn::Tunnel;
+
+/// Looked up once per packet; keyed per process like the flow tables.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 /// Handshake messages per second the node answers before demanding cookies
 /// (counted twice per message: admission and the tunnel both verify).
