@@ -193,7 +193,7 @@ pub fn rotate_key(path: &Path) -> Result<RotateReport, CtlClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{DropCounters, PeerStatus};
+    use crate::status::{DropCounters, PeerStatus, TunCounters};
     use segmesh_config::PublicKey;
     use tokio::io::AsyncReadExt;
 
@@ -226,6 +226,12 @@ mod tests {
             drops: DropCounters {
                 unknown_key: 7,
                 ..DropCounters::default()
+            },
+            tun: TunCounters {
+                reads: 1,
+                packets_read: 2,
+                writes: 3,
+                packets_written: 4,
             },
         }
     }

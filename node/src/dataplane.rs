@@ -87,6 +87,7 @@ pub(crate) struct Shared {
     /// Wakes the timer task to send what the core queued outside a packet
     /// or timer turn (the handshakes that follow a key rotation).
     wake: tokio::sync::Notify,
+    tun: Arc<TunIo>,
 }
 
 impl Shared {
@@ -126,6 +127,7 @@ impl StatusSource for Shared {
                 })
                 .collect(),
             drops: st.drops,
+            tun: self.tun.counters(),
         }
     }
 }
@@ -223,6 +225,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         listen_port,
         anchor: (t0, wall_ms()),
         wake: tokio::sync::Notify::new(),
+        tun: tun.clone(),
     });
     let ctl_path = cfg
         .control_socket

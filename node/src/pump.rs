@@ -84,7 +84,7 @@ impl Outputs {
         }
         let wrote = !self.tun.is_empty();
         if wrote {
-            tun.send(&mut self.write, self.tun.iter().map(|p| &p[..]));
+            tun.send(&mut self.write, &mut self.tun);
             self.spent.append(&mut self.tun);
         }
         wrote

@@ -114,6 +114,20 @@ pub struct NodeStatus {
     pub netmap_version: u64,
     pub peers: Vec<PeerStatus>,
     pub drops: DropCounters,
+    /// System calls on the TUN device and the packets they moved: packets
+    /// per call shows whether the offloads work (1 means they do not).
+    #[serde(default)]
+    pub tun: TunCounters,
+}
+
+/// TUN device I/O since start. A read returns one super-packet (split into
+/// `packets_read`); a write carries one or more coalesced packets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunCounters {
+    pub reads: u64,
+    pub packets_read: u64,
+    pub writes: u64,
+    pub packets_written: u64,
 }
 
 /// Direction of a flow as seen from this node.

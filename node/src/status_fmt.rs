@@ -97,6 +97,12 @@ pub fn format_status(s: &NodeStatus, now_unix_ms: u64) -> String {
         .map(|r| format!("{} {}", r.as_str(), s.drops.get(*r)))
         .collect();
     let _ = writeln!(out, "drops: {}", drops.join(", "));
+    let t = &s.tun;
+    let _ = writeln!(
+        out,
+        "tun:   {} packets in {} reads, {} packets in {} writes",
+        t.packets_read, t.reads, t.packets_written, t.writes
+    );
     out
 }
 
@@ -167,7 +173,7 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{DropCounters, PeerStatus};
+    use crate::status::{DropCounters, PeerStatus, TunCounters};
     use segmesh_config::PublicKey;
 
     #[test]
@@ -221,6 +227,12 @@ mod tests {
                 unknown_key: 2,
                 ..DropCounters::default()
             },
+            tun: TunCounters {
+                reads: 10,
+                packets_read: 450,
+                writes: 4,
+                packets_written: 160,
+            },
         };
         let out = format_status(&s, 100_000);
         let k8 = &key.to_string()[..8];
@@ -234,6 +246,10 @@ mod tests {
             out.contains(
                 "drops: unknown_key 2, no_route 3, spoofed_source 0, policy 0, bad_packet 0"
             ),
+            "{out}"
+        );
+        assert!(
+            out.contains("tun:   450 packets in 10 reads, 160 packets in 4 writes"),
             "{out}"
         );
         for line in out.lines() {

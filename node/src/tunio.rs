@@ -1,29 +1,45 @@
 //! Batched I/O on the TUN device. With offloads on (`IFF_VNET_HDR` and
 //! `TUNSETOFFLOAD`, through tun-rs) the kernel hands over TCP (and UDP)
 //! super-packets of up to 64 KiB that tun-rs splits into MTU-sized packets,
-//! and packets we write are coalesced back into super-packets (GRO) first:
-//! one system call per ~45 packets instead of one per packet.
+//! and packets we write are coalesced back into super-packets first
+//! ([`crate::coalesce`]), each written with one `writev`: one system call
+//! per ~45 packets instead of one per packet.
 //!
 //! The device is non-blocking; the data plane threads wait with `poll(2)`.
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+
+use crate::coalesce::Coalescer;
+use crate::status::TunCounters;
 
 use crate::udpio::poll_fd;
 
 /// Room for one super-packet and its virtio header.
 const SUPER_PACKET: usize = VIRTIO_NET_HDR_LEN + 65_535;
-/// Packets written per `send_multiple` (tun-rs's GRO table is sized for it).
-const WRITE_BATCH: usize = IDEAL_BATCH_SIZE;
+// The coalescer writes the header tun-rs negotiated with the kernel.
+const _: () = assert!(crate::coalesce::VNET_HDR_LEN == VIRTIO_NET_HDR_LEN);
 
 /// The TUN device and whether it carries virtio headers.
 pub struct TunIo {
     dev: SyncDevice,
     offload: bool,
     mtu: usize,
+    counters: Counters,
+}
+
+/// [`TunCounters`], updated by the packet threads (relaxed: they are
+/// statistics, read by `status`).
+#[derive(Default)]
+struct Counters {
+    reads: AtomicU64,
+    packets_read: AtomicU64,
+    writes: AtomicU64,
+    packets_written: AtomicU64,
 }
 
 impl TunIo {
@@ -34,7 +50,23 @@ impl TunIo {
             dev,
             offload,
             mtu: usize::from(mtu),
+            counters: Counters::default(),
         })
+    }
+
+    /// I/O since start, for `status`.
+    pub fn counters(&self) -> TunCounters {
+        let c = &self.counters;
+        TunCounters {
+            reads: c.reads.load(Ordering::Relaxed),
+            packets_read: c.packets_read.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            packets_written: c.packets_written.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The device, for address and route changes.
@@ -62,6 +94,8 @@ impl TunIo {
         match r {
             Ok(n) => {
                 b.n = n;
+                Self::count(&self.counters.reads, 1);
+                Self::count(&self.counters.packets_read, n);
                 Ok(n)
             }
             Err(e)
@@ -79,38 +113,48 @@ impl TunIo {
         }
     }
 
-    /// Writes packets, coalescing TCP/UDP runs when offloads are on. Errors
-    /// are logged; the packets are dropped (TCP recovers).
-    pub fn send<'a>(&self, b: &mut TunWrite, packets: impl IntoIterator<Item = &'a [u8]>) {
-        let head = if self.offload { VIRTIO_NET_HDR_LEN } else { 0 };
-        let mut packets = packets.into_iter().peekable();
-        while packets.peek().is_some() {
-            let mut used = 0;
-            for p in packets.by_ref().take(WRITE_BATCH) {
-                if b.bufs.len() == used {
-                    b.bufs.push(Vec::with_capacity(head + self.mtu));
+    /// Writes packets, TCP runs of one flow coalesced into super-packets
+    /// when offloads are on (see [`crate::coalesce`]; head packets are
+    /// patched in place). Errors are logged; the packets are dropped (TCP
+    /// recovers).
+    pub fn send(&self, b: &mut TunWrite, packets: &mut [Vec<u8>]) {
+        if !self.offload {
+            for p in packets.iter() {
+                match self.dev.send(p) {
+                    Ok(_) => {
+                        Self::count(&self.counters.writes, 1);
+                        Self::count(&self.counters.packets_written, 1);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "tun write failed"),
                 }
-                let buf = &mut b.bufs[used];
-                buf.clear();
-                // An all-zero virtio header: no segmentation, checksum done.
-                buf.resize(head, 0);
-                buf.extend_from_slice(p);
-                used += 1;
             }
-            let r = if used == 1 {
-                // Nothing to coalesce: skip the GRO table, which costs
-                // about 1 MiB of memory once touched.
-                self.dev.send(&b.bufs[0]).map(drop)
+            return;
+        }
+        let TunWrite { plan, iovs } = b;
+        let fd = self.dev.as_raw_fd();
+        plan.plan(packets);
+        for w in plan.writes() {
+            iovs.clear();
+            iovs.push(iovec(&w.vnet));
+            iovs.extend(plan.parts(w, packets).map(iovec));
+            // SAFETY: the iovecs point into `w` and `packets`, both alive
+            // and unchanged for the duration of the call.
+            let n = unsafe { libc::writev(fd, iovs.as_ptr(), iovs.len() as libc::c_int) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                tracing::debug!(error = %e, segments = w.segments, "tun write failed");
             } else {
-                let gro = b.gro.get_or_insert_with(GROTable::new);
-                self.dev
-                    .send_multiple(gro, &mut b.bufs[..used], head)
-                    .map(drop)
-            };
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "tun write failed");
+                Self::count(&self.counters.writes, 1);
+                Self::count(&self.counters.packets_written, w.segments);
             }
         }
+    }
+}
+
+fn iovec(b: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
     }
 }
 
@@ -143,11 +187,10 @@ impl TunRead {
     }
 }
 
-/// Write scratch space for one thread: buffers with room for the virtio
-/// header, and tun-rs's coalescing table (made on first use: only the UDP
-/// thread writes batches).
+/// Write scratch space for one thread: the coalescing plan and the
+/// `writev` vector.
 #[derive(Default)]
 pub struct TunWrite {
-    bufs: Vec<Vec<u8>>,
-    gro: Option<GROTable>,
+    plan: Coalescer,
+    iovs: Vec<libc::iovec>,
 }

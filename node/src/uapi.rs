@@ -133,7 +133,7 @@ pub fn format_get(status: &NodeStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{DropCounters, PeerStatus};
+    use crate::status::{DropCounters, PeerStatus, TunCounters};
     use segmesh_config::PublicKey;
     use tokio::io::AsyncReadExt;
 
@@ -173,6 +173,7 @@ mod tests {
                 },
             ],
             drops: DropCounters::default(),
+            tun: TunCounters::default(),
         }
     }
 

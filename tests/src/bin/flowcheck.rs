@@ -112,7 +112,8 @@ fn udp_send(args: &[String]) -> Result<(), String> {
     let at = addr(args)?;
     let count = num(args, "--count", None)?;
     let size = num(args, "--size", Some(1200))?.max(8) as usize;
-    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    let any = if at.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let sock = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
     let mut buf = vec![0u8; size];
     for seq in 0..count {
         buf[..8].copy_from_slice(&seq.to_be_bytes());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use segmesh_config::PublicKey;
 use segmesh_e2e::{require_root, unique_tag, wait_until};
-use segmesh_node::status::{DropCounters, NodeStatus, PeerStatus, StatusSource};
+use segmesh_node::status::{DropCounters, NodeStatus, PeerStatus, StatusSource, TunCounters};
 use segmesh_node::uapi;
 
 struct Fixed(NodeStatus);
@@ -61,6 +61,7 @@ fn fixture(interface: &str) -> NodeStatus {
             },
         ],
         drops: DropCounters::default(),
+        tun: TunCounters::default(),
     }
 }
 
