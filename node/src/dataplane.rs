@@ -27,7 +27,7 @@ use tracing::Instrument as _;
 use crate::control::PlaneCommand;
 use crate::core::{ApplyError, Event, Node};
 use crate::flowlog::{FlowLog, FlowLogLimits};
-use crate::pump::{Outputs, Pump};
+use crate::pump::{Lanes, Outputs, Pump};
 use crate::status::{NodeStatus, PeerStatus, StatusSource};
 use crate::tunio::TunIo;
 use crate::udpio::{self, UdpIo};
@@ -270,6 +270,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         events: ev_tx,
         stop: Arc::new(AtomicBool::new(false)),
         tun_side: Arc::default(),
+        udp_side: Arc::default(),
+        lanes: Arc::new(Lanes::new().context("eventfd for the packet threads")?),
     };
     let mut threads = Vec::new();
     for (handle, done) in span

@@ -8,17 +8,29 @@
 //! less CPU; and each direction is one thread, so packets of a flow leave
 //! in the order they arrived (TCP throttles on reordering).
 //!
+//! Two lanes only under load. While traffic is light (pings, interactive
+//! sessions, request/response) the UDP thread is parked and the TUN thread
+//! serves both the TUN device and the socket, like a single-threaded
+//! tunnel: a round trip then wakes one thread per node and leg, always the
+//! same one, instead of a different thread (often on another, idle, CPU)
+//! for each direction plus the TUN thread of the answering node, woken for
+//! nothing when the local stack's reply lands on the TUN. A batch of more
+//! than [`BULK_BATCH`] packets, or many batches in a short time, wakes the
+//! UDP thread; after [`IDLE_AFTER`] without a datagram it parks again.
+//!
 //! One shortcut crosses directions: a packet written to the TUN device is
 //! usually answered by the local stack before the write returns (an echo
 //! reply, a TCP ACK), so after writing, the UDP thread reads the TUN once
 //! itself when the TUN thread is not busy, instead of waking it (a
 //! cross-thread wakeup is tens of microseconds in a VM, twice per round
-//! trip). The TUN read side is a mutex held from read to send, so TUN
-//! packets still leave in the order they were read.
+//! trip). Each side (TUN reading, UDP reading) is a mutex held from read to
+//! send, so packets still leave in the order they were read whichever
+//! thread moves them.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,10 +39,18 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::{Event, Node, Transmit};
 use crate::dataplane::Shared;
 use crate::tunio::{TunIo, TunRead, TunWrite};
-use crate::udpio::{RecvBatch, SendBatch, UdpIo};
+use crate::udpio::{RecvBatch, SendBatch, UdpIo, poll_fds};
 
 /// How often a waiting thread checks whether it should stop.
 const STOP_CHECK: Duration = Duration::from_millis(200);
+/// A batch of more packets than this is bulk traffic: two lanes.
+pub(crate) const BULK_BATCH: usize = 2;
+/// More batches than this within [`RATE_WINDOW`] (many small packets, e.g.
+/// request/response at a high rate) also means two lanes.
+const BUSY_BATCHES: u32 = 64;
+const RATE_WINDOW: Duration = Duration::from_millis(10);
+/// The UDP thread parks after this long without a datagram.
+pub(crate) const IDLE_AFTER: Duration = Duration::from_millis(100);
 
 #[allow(clippy::disallowed_methods)] // the driver owns the clocks
 fn now() -> Instant {
@@ -104,12 +124,115 @@ pub(crate) struct Pump {
     pub(crate) stop: Arc<AtomicBool>,
     /// The TUN read side: held from a read until its packets are sent.
     pub(crate) tun_side: Arc<Mutex<Option<TunSide>>>,
+    /// The UDP read side, likewise (the TUN thread reads UDP while idle).
+    pub(crate) udp_side: Arc<Mutex<Option<UdpSide>>>,
+    pub(crate) lanes: Arc<Lanes>,
 }
 
 /// Scratch space of the TUN -> UDP direction (made by the first reader).
 pub(crate) struct TunSide {
     rd: TunRead,
     out: Outputs,
+}
+
+/// Scratch space of the UDP -> TUN direction (made by the first reader).
+pub(crate) struct UdpSide {
+    rb: RecvBatch,
+    out: Outputs,
+}
+
+// SAFETY: the receive batch's raw pointers are rebuilt before every
+// `recvmmsg` and only read during it, under the UDP side's lock.
+unsafe impl Send for UdpSide {}
+
+/// Whether the UDP socket has its own thread (busy) or is served by the
+/// TUN thread (idle), and the means to switch.
+pub(crate) struct Lanes {
+    busy: AtomicBool,
+    /// The UDP thread waits here while idle.
+    park: Mutex<()>,
+    unpark: Condvar,
+    /// An eventfd in the TUN thread's poll set: "poll the socket too now".
+    kick: OwnedFd,
+}
+
+impl Lanes {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain system call; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            busy: AtomicBool::new(false),
+            park: Mutex::new(()),
+            unpark: Condvar::new(),
+            // SAFETY: a fresh descriptor nothing else owns.
+            kick: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub(crate) fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    fn to_busy(&self) {
+        if !self.busy.swap(true, Ordering::AcqRel) {
+            tracing::trace!("packet path: two lanes");
+            // Taking the lock orders this after a parking thread's check.
+            let _g = self.park.lock().unwrap_or_else(PoisonError::into_inner);
+            self.unpark.notify_one();
+        }
+    }
+
+    fn to_idle(&self) {
+        if self.busy.swap(false, Ordering::AcqRel) {
+            tracing::trace!("packet path: one lane");
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to our eventfd. A
+            // full counter (EAGAIN) still leaves it readable: nothing lost.
+            unsafe { libc::write(self.kick.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+
+    /// Waits (at most `timeout`) until busy.
+    fn park(&self, timeout: Duration) {
+        let g = self.park.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.busy() {
+            let _ = self.unpark.wait_timeout(g, timeout);
+        }
+    }
+
+    fn drain_kick(&self) {
+        let mut b = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer.
+        unsafe { libc::read(self.kick.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+    }
+}
+
+/// Counts batches per window while idle: many small ones mean busy.
+#[derive(Default)]
+struct Rate {
+    since: Option<Instant>,
+    batches: u32,
+}
+
+impl Rate {
+    /// Records a batch at `at`; true when the window's budget is exceeded.
+    fn batch(&mut self, at: Instant) -> bool {
+        match self.since {
+            Some(t) if at.saturating_duration_since(t) < RATE_WINDOW => self.batches += 1,
+            _ => {
+                self.since = Some(at);
+                self.batches = 1;
+            }
+        }
+        self.batches > BUSY_BATCHES
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Pump {
@@ -139,39 +262,87 @@ impl Pump {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// TUN -> core (route, filter, encrypt) -> UDP.
+    /// TUN -> core (route, filter, encrypt) -> UDP; while idle also
+    /// UDP -> core -> TUN.
     fn tun_loop(&self) -> io::Result<()> {
+        let mut rate = Rate::default();
+        let (mut tun_ready, mut udp_ready) = (true, true);
         while !self.stopped() {
-            let got = {
-                let mut side = self
-                    .tun_side
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                self.tun_once(&mut side)?
+            let busy = self.lanes.busy();
+            let from_tun = if tun_ready {
+                self.tun_once(&mut lock(&self.tun_side))?
+            } else {
+                0
             };
-            if !got {
-                self.tun.wait_readable(STOP_CHECK)?;
+            let (from_udp, wrote) = if !busy && udp_ready {
+                self.udp_once(&mut lock(&self.udp_side), false)?
+            } else {
+                (0, false)
+            };
+            if busy {
+                // Drain the device; wait only once it is empty.
+                tun_ready = from_tun > 0;
+            } else {
+                if from_tun > BULK_BATCH
+                    || from_udp > BULK_BATCH
+                    || (from_tun + from_udp > 0 && rate.batch(now()))
+                {
+                    self.lanes.to_busy();
+                }
+                // Light traffic: one packet per wakeup is the rule, so wait
+                // again at once instead of reading until EAGAIN (two system
+                // calls saved per pass), except for the local stack's answer
+                // to what was just written to the TUN.
+                tun_ready = wrote;
+            }
+            udp_ready = false;
+            if !tun_ready {
+                (tun_ready, udp_ready) = self.tun_wait(self.lanes.busy())?;
             }
         }
         Ok(())
     }
 
+    /// Waits until the TUN device (and, while idle, the socket) is
+    /// readable or the lanes change; which of the two are readable.
+    fn tun_wait(&self, busy: bool) -> io::Result<(bool, bool)> {
+        let fd = |fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut fds = [
+            fd(self.tun.fd()),
+            fd(self.lanes.kick.as_raw_fd()),
+            fd(self.udp.fd()),
+        ];
+        let n = if busy { 2 } else { 3 };
+        poll_fds(&mut fds[..n], STOP_CHECK)?;
+        let kicked = fds[1].revents != 0;
+        if kicked {
+            self.lanes.drain_kick();
+        }
+        // After a kick (the lanes changed) or an error, look at both.
+        Ok((fds[0].revents != 0 || kicked, fds[2].revents != 0 || kicked))
+    }
+
     /// Reads one batch from the TUN device (without waiting) and sends it;
-    /// false when nothing was queued. Call with the TUN side locked.
-    fn tun_once(&self, side: &mut Option<TunSide>) -> io::Result<bool> {
+    /// the number of packets, 0 when nothing was queued. Call with the TUN
+    /// side locked.
+    fn tun_once(&self, side: &mut Option<TunSide>) -> io::Result<usize> {
         let TunSide { rd, out } = side.get_or_insert_with(|| TunSide {
             rd: TunRead::new(&self.tun),
             out: Outputs::default(),
         });
-        match self.tun.recv(rd) {
-            Ok(0) => return Ok(false),
-            Ok(_) => {}
+        let n = match self.tun.recv(rd) {
+            Ok(0) => return Ok(0),
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 tracing::debug!(error = %e, "tun frame dropped");
-                return Ok(true);
+                return Ok(1);
             }
             Err(e) => return Err(e),
-        }
+        };
         {
             let mut core = self.shared.lock();
             let now = now();
@@ -181,7 +352,7 @@ impl Pump {
             out.exchange(&mut core, &self.events);
         }
         out.flush(&self.udp, &self.tun);
-        Ok(true)
+        Ok(n)
     }
 
     /// After a TUN write: read the local stack's answer now, unless the TUN
@@ -198,36 +369,100 @@ impl Pump {
         }
     }
 
-    /// UDP -> core (admit, decrypt, filter) -> TUN.
+    /// Reads one batch from the socket (without waiting) and writes what it
+    /// yields to the TUN; the number of datagrams (0 when nothing was
+    /// queued) and whether anything went to the TUN. With `answer`, reads
+    /// the TUN's answer right after (the TUN thread, which reads it next
+    /// anyway, passes false). Call with the UDP side locked.
+    fn udp_once(&self, side: &mut Option<UdpSide>, answer: bool) -> io::Result<(usize, bool)> {
+        let UdpSide { rb, out } = side.get_or_insert_with(|| UdpSide {
+            rb: RecvBatch::new(&self.udp),
+            out: Outputs::default(),
+        });
+        match self.udp.recv(rb) {
+            Ok(0) => return Ok((0, false)),
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) => {
+                return Err(e);
+            }
+            // ICMP errors from old endpoints surface here; not fatal.
+            Err(e) => {
+                tracing::debug!(error = %e, "udp receive");
+                return Ok((1, false));
+            }
+        }
+        {
+            let mut core = self.shared.lock();
+            let now = now();
+            rb.for_each(|from, d| core.handle_udp(now, from, d));
+            out.exchange(&mut core, &self.events);
+        }
+        let wrote = out.flush(&self.udp, &self.tun);
+        if wrote && answer {
+            self.tun_answer();
+        }
+        Ok((rb.datagrams(), wrote))
+    }
+
+    /// UDP -> core (admit, decrypt, filter) -> TUN, while busy.
     fn udp_loop(&self) -> io::Result<()> {
-        let mut rb = RecvBatch::new(&self.udp);
-        let mut out = Outputs::default();
         while !self.stopped() {
-            match self.udp.recv(&mut rb) {
-                Ok(0) => {
-                    self.udp.wait_readable(STOP_CHECK)?;
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) => {
-                    return Err(e);
-                }
-                // ICMP errors from old endpoints surface here; not fatal.
-                Err(e) => {
-                    tracing::debug!(error = %e, "udp receive");
-                    continue;
-                }
+            if !self.lanes.busy() {
+                self.lanes.park(STOP_CHECK);
+                continue;
             }
+            if self.udp_once(&mut lock(&self.udp_side), true)?.0 == 0
+                && !self.udp.wait_readable(IDLE_AFTER)?
             {
-                let mut core = self.shared.lock();
-                let now = now();
-                rb.for_each(|from, d| core.handle_udp(now, from, d));
-                out.exchange(&mut core, &self.events);
-            }
-            if out.flush(&self.udp, &self.tun) {
-                self.tun_answer();
+                self.lanes.to_idle();
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_batches_in_one_window_mean_busy_a_steady_trickle_does_not() {
+        let t0 = now();
+        let mut r = Rate::default();
+        // One batch every 0.5 ms (2,000/s, a busy interactive session):
+        // at most 21 per 10 ms window.
+        assert!((0..1000).all(|i| !r.batch(t0 + Duration::from_micros(500 * i))));
+        let mut r = Rate::default();
+        let burst: Vec<bool> = (0..=BUSY_BATCHES)
+            .map(|i| r.batch(t0 + Duration::from_micros(10 * u64::from(i))))
+            .collect();
+        assert_eq!(
+            burst.iter().filter(|&&b| b).count(),
+            1,
+            "the batch over budget"
+        );
+        assert!(burst[BUSY_BATCHES as usize]);
+    }
+
+    #[test]
+    fn lanes_switch_once_each_way_and_the_kick_is_drained() {
+        let l = Lanes::new().unwrap();
+        assert!(!l.busy());
+        l.to_busy();
+        l.to_busy();
+        assert!(l.busy());
+        // Parking while busy returns at once.
+        l.park(Duration::from_secs(5));
+        l.to_idle();
+        l.to_idle();
+        assert!(!l.busy());
+        let mut p = [libc::pollfd {
+            fd: l.kick.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(poll_fds(&mut p, Duration::ZERO).unwrap(), 1);
+        l.drain_kick();
+        assert_eq!(poll_fds(&mut p, Duration::ZERO).unwrap(), 0);
     }
 }

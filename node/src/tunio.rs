@@ -82,6 +82,10 @@ impl TunIo {
         poll_fd(self.dev.as_raw_fd(), libc::POLLIN, timeout)
     }
 
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.dev.as_raw_fd()
+    }
+
     /// Reads one frame (with offloads: one super-packet, split) without
     /// waiting; returns the number of packets, 0 when nothing was queued.
     /// A malformed super-packet is an `InvalidData` error; the device stays

@@ -77,6 +77,10 @@ impl UdpIo {
         poll_fd(self.sock.as_raw_fd(), libc::POLLIN, timeout)
     }
 
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
     /// Reads what is queued (without waiting) into `b`; returns the number
     /// of messages, 0 when nothing was queued.
     pub fn recv(&self, b: &mut RecvBatch) -> io::Result<usize> {
@@ -308,6 +312,15 @@ impl RecvBatch {
         }
     }
 
+    /// How many datagrams the last [`UdpIo::recv`] read (GRO trains
+    /// counted by their segments).
+    pub fn datagrams(&self) -> usize {
+        self.got
+            .iter()
+            .map(|&(_, len, seg)| len.div_ceil(seg.max(1)))
+            .sum()
+    }
+
     /// Every datagram read by the last [`UdpIo::recv`], in arrival order,
     /// with GRO trains cut back into datagrams.
     pub fn for_each(&self, mut f: impl FnMut(SocketAddr, &[u8])) {
@@ -508,25 +521,28 @@ pub fn from_v6(a: SocketAddr) -> SocketAddr {
 
 /// Waits for `events` on `fd`; false on timeout.
 pub fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let mut p = libc::pollfd {
+    let mut p = [libc::pollfd {
         fd,
         events,
         revents: 0,
-    };
+    }];
+    Ok(poll_fds(&mut p, timeout)? > 0)
+}
+
+/// `poll(2)` on several descriptors; the number ready, 0 on timeout or a
+/// signal (callers loop anyway).
+pub fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut p, 1, ms) };
-    match rc {
-        0 => Ok(false),
-        n if n > 0 => Ok(true),
-        _ => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
+    // SAFETY: a valid slice of pollfds, its length passed along.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if rc >= 0 {
+        return Ok(rc as usize);
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::Interrupted {
+        Ok(0)
+    } else {
+        Err(e)
     }
 }
 
