@@ -41,6 +41,28 @@ async fn coordinator(dir: &Path, addr: &str) -> Coord {
 }
 
 impl Coord {
+    /// Waits until the coordinator lists every named node as connected.
+    async fn wait_connected(&self, names: &[&str]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let nodes = self.admin("GET", "/v1/admin/nodes", Value::Null).await;
+            let up = |name: &str| {
+                nodes.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|n| n["name"] == name && n["connected"] == true)
+                })
+            };
+            if names.iter().all(|n| up(n)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not all of {names:?} connected: {nodes}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
         let ca = self.running.prepared_ctx.ca.cert_der().clone();
         let tls = Arc::new(tls_config(&ServerTrust::Ca(vec![ca]), None).unwrap());
@@ -432,6 +454,10 @@ async fn rotate_key_commits_only_what_the_coordinator_accepted() {
     let mut web = run_client(wdir.path());
     db.connected().await;
     web.connected().await;
+    // The coordinator pushes (and waits for acks) only over streams it has
+    // registered, which can trail the client's "connected" on a busy
+    // machine: without this, db-1 may not be counted at all (0 of 0).
+    c.wait_connected(&["db-1", "web-1"]).await;
 
     // Accepted: db-1 applied the new key before the reply; web-1's files
     // and data plane switch, in that order, and its next netmap carries it.
