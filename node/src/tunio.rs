@@ -10,14 +10,11 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use tun_rs::{IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::coalesce::Coalescer;
 use crate::status::TunCounters;
-
-use crate::udpio::poll_fd;
 
 /// Room for one super-packet and its virtio header.
 const SUPER_PACKET: usize = VIRTIO_NET_HDR_LEN + 65_535;
@@ -76,10 +73,6 @@ impl TunIo {
 
     pub fn offload(&self) -> bool {
         self.offload
-    }
-
-    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        poll_fd(self.dev.as_raw_fd(), libc::POLLIN, timeout)
     }
 
     pub fn fd(&self) -> std::os::fd::RawFd {
