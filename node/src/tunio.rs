@@ -9,7 +9,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tun_rs::{IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
@@ -27,6 +27,10 @@ pub struct TunIo {
     offload: bool,
     mtu: usize,
     counters: Counters,
+    /// Whether a write already failed: the first failure is a warning
+    /// (a kernel refusing our super-packets would stall every TCP flow),
+    /// the rest are debug lines.
+    write_failed: AtomicBool,
 }
 
 /// [`TunCounters`], updated by the packet threads (relaxed: they are
@@ -48,6 +52,7 @@ impl TunIo {
             offload,
             mtu: usize::from(mtu),
             counters: Counters::default(),
+            write_failed: AtomicBool::new(false),
         })
     }
 
@@ -64,6 +69,18 @@ impl TunIo {
 
     fn count(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn write_failed(&self, e: &io::Error, segments: usize) {
+        if self.write_failed.swap(true, Ordering::Relaxed) {
+            tracing::debug!(error = %e, segments, "tun write failed");
+        } else {
+            tracing::warn!(
+                error = %e,
+                segments,
+                "tun write failed: packets dropped (later failures at debug level)"
+            );
+        }
     }
 
     /// The device, for address and route changes.
@@ -122,7 +139,7 @@ impl TunIo {
                         Self::count(&self.counters.writes, 1);
                         Self::count(&self.counters.packets_written, 1);
                     }
-                    Err(e) => tracing::debug!(error = %e, "tun write failed"),
+                    Err(e) => self.write_failed(&e, 1),
                 }
             }
             return;
@@ -138,8 +155,7 @@ impl TunIo {
             // and unchanged for the duration of the call.
             let n = unsafe { libc::writev(fd, iovs.as_ptr(), iovs.len() as libc::c_int) };
             if n < 0 {
-                let e = io::Error::last_os_error();
-                tracing::debug!(error = %e, segments = w.segments, "tun write failed");
+                self.write_failed(&io::Error::last_os_error(), w.segments);
             } else {
                 Self::count(&self.counters.writes, 1);
                 Self::count(&self.counters.packets_written, w.segments);
