@@ -22,7 +22,7 @@
 //! the packets of one flow keep their order; only packets of different
 //! flows can pass each other.
 
-use crate::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, checksum, fold, sum16};
+use crate::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_PSH, checksum, fold, sum16};
 
 /// Size of the `virtio_net_hdr` in front of every write on an offload TUN.
 pub const VNET_HDR_LEN: usize = 10;
@@ -30,7 +30,6 @@ pub const VNET_HDR_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
-const TCP_PSH: u8 = 0x08;
 /// Largest super-packet (IP total length).
 const MAX_LEN: usize = 65_535;
 /// Flows that can be coalesced at the same time in one batch; a batch from
@@ -50,10 +49,12 @@ pub struct Write {
     tail: u32,
     len: usize,
     psh: bool,
+    /// The head's layout when it is TCP (parsed once, in `plan`).
+    tcp: Option<Tcp>,
 }
 
 /// A TCP segment's layout, for any TCP packet whose lengths are consistent.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tcp {
     v6: bool,
     iph: usize,
@@ -104,7 +105,7 @@ impl Coalescer {
                 if self.try_append(packets, i, &t) {
                     continue;
                 }
-                let w = self.push(i, p.len());
+                let w = self.push(i, p.len(), Some(t));
                 // Nothing may follow a segment with PSH.
                 if t.mergeable() && t.flags & TCP_PSH == 0 {
                     if self.open.len() == MAX_OPEN {
@@ -118,7 +119,7 @@ impl Coalescer {
                     });
                 }
             } else {
-                self.push(i, p.len());
+                self.push(i, p.len(), None);
             }
         }
         for w in &mut self.writes {
@@ -131,7 +132,7 @@ impl Coalescer {
         &self.writes
     }
 
-    fn push(&mut self, head: usize, len: usize) -> usize {
+    fn push(&mut self, head: usize, len: usize, tcp: Option<Tcp>) -> usize {
         self.writes.push(Write {
             head,
             vnet: [0; VNET_HDR_LEN],
@@ -140,6 +141,7 @@ impl Coalescer {
             tail: head as u32,
             len,
             psh: false,
+            tcp,
         });
         self.writes.len() - 1
     }
@@ -275,8 +277,7 @@ fn same_headers(a: &[u8], ta: &Tcp, b: &[u8], tb: &Tcp) -> bool {
 fn finish(w: &mut Write, p: &mut [u8]) {
     if w.segments > 1 {
         // Only runs of mergeable TCP segments have more than one packet.
-        // The head's length fields still describe the head alone here.
-        let Some(t) = tcp(p) else { return };
+        let Some(t) = w.tcp else { return };
         if t.v6 {
             let payload = (w.len - 40) as u16;
             p[4..6].copy_from_slice(&payload.to_be_bytes());
@@ -301,7 +302,7 @@ fn finish(w: &mut Write, p: &mut [u8]) {
             t.iph,
             16,
         );
-    } else if let Some(t) = tcp(p) {
+    } else if let Some(t) = w.tcp {
         partial(p, t.v6, t.iph, PROTO_TCP, p.len() - t.iph, 16);
         w.vnet = vnet(F_NEEDS_CSUM, 0, t.iph + t.tcph, 0, t.iph, 16);
     } else if let Some((v6, iph)) = l4(p, PROTO_UDP) {

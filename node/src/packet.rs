@@ -17,6 +17,7 @@ pub const PROTO_ICMPV6: u8 = 58;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 
 /// Why a frame is not a usable IP packet.
