@@ -44,13 +44,13 @@ use crate::udpio::{RecvBatch, SendBatch, UdpIo, poll_fds};
 /// How often a waiting thread checks whether it should stop.
 const STOP_CHECK: Duration = Duration::from_millis(200);
 /// A batch of more packets than this is bulk traffic: two lanes.
-pub(crate) const BULK_BATCH: usize = 2;
+const BULK_BATCH: usize = 2;
 /// More batches than this within [`RATE_WINDOW`] (many small packets, e.g.
 /// request/response at a high rate) also means two lanes.
 const BUSY_BATCHES: u32 = 64;
 const RATE_WINDOW: Duration = Duration::from_millis(10);
 /// The UDP thread parks after this long without a datagram.
-pub(crate) const IDLE_AFTER: Duration = Duration::from_millis(100);
+const IDLE_AFTER: Duration = Duration::from_millis(100);
 
 #[allow(clippy::disallowed_methods)] // the driver owns the clocks
 fn now() -> Instant {
