@@ -263,6 +263,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     };
     // Every task's log lines carry the node's name.
     let span = tracing::info_span!("node", node = %applier.current.node.name);
+    let lanes =
+        Lanes::new(tun.fd(), udp.fd()).context("eventfd and epoll for the packet threads")?;
     let pump = Pump {
         shared: shared.clone(),
         udp,
@@ -271,7 +273,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         stop: Arc::new(AtomicBool::new(false)),
         tun_side: Arc::default(),
         udp_side: Arc::default(),
-        lanes: Arc::new(Lanes::new().context("eventfd for the packet threads")?),
+        lanes: Arc::new(lanes),
     };
     let mut threads = Vec::new();
     for (handle, done) in span

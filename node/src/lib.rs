@@ -27,3 +27,4 @@ pub mod tunn;
 pub mod uapi;
 pub mod udpio;
 pub mod unixsock;
+pub mod waitset;

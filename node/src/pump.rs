@@ -28,7 +28,7 @@
 //! thread moves them.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
@@ -39,7 +39,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::{Event, Node, Transmit};
 use crate::dataplane::Shared;
 use crate::tunio::{TunIo, TunRead, TunWrite};
-use crate::udpio::{RecvBatch, SendBatch, UdpIo, poll_fds};
+use crate::udpio::{RecvBatch, SendBatch, UdpIo};
+use crate::waitset::WaitSet;
 
 /// How often a waiting thread checks whether it should stop.
 const STOP_CHECK: Duration = Duration::from_millis(200);
@@ -152,23 +153,48 @@ pub(crate) struct Lanes {
     /// The UDP thread waits here while idle.
     park: Mutex<()>,
     unpark: Condvar,
-    /// An eventfd in the TUN thread's poll set: "poll the socket too now".
+    /// An eventfd in the TUN thread's wait sets: "watch the socket too now".
     kick: OwnedFd,
+    /// What the TUN thread waits on while idle: TUN, kick and socket ...
+    idle_set: WaitSet,
+    /// ... and while busy: TUN and kick.
+    busy_set: WaitSet,
+    /// What the UDP thread waits on while busy: the socket.
+    udp_set: WaitSet,
 }
 
+/// Tokens of the wait sets.
+const TUN: u32 = 0;
+const KICK: u32 = 1;
+const UDP: u32 = 2;
+
 impl Lanes {
-    pub(crate) fn new() -> io::Result<Self> {
+    /// Lanes for a TUN device and a socket, which must stay open while
+    /// these are used.
+    pub(crate) fn new(tun: RawFd, udp: RawFd) -> io::Result<Self> {
         // SAFETY: plain system call; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let kick = unsafe { OwnedFd::from_raw_fd(fd) };
+        let set = |members: &[(RawFd, u32)]| -> io::Result<WaitSet> {
+            let mut s = WaitSet::new()?;
+            for &(fd, token) in members {
+                s.add(fd, token)?;
+            }
+            Ok(s)
+        };
+        let k = kick.as_raw_fd();
         Ok(Self {
             busy: AtomicBool::new(false),
             park: Mutex::new(()),
             unpark: Condvar::new(),
-            // SAFETY: a fresh descriptor nothing else owns.
-            kick: unsafe { OwnedFd::from_raw_fd(fd) },
+            idle_set: set(&[(tun, TUN), (k, KICK), (udp, UDP)])?,
+            busy_set: set(&[(tun, TUN), (k, KICK)])?,
+            udp_set: set(&[(udp, UDP)])?,
+            kick,
         })
     }
 
@@ -306,24 +332,18 @@ impl Pump {
     /// Waits until the TUN device (and, while idle, the socket) is
     /// readable or the lanes change; which of the two are readable.
     fn tun_wait(&self, busy: bool) -> io::Result<(bool, bool)> {
-        let fd = |fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
+        let set = if busy {
+            &self.lanes.busy_set
+        } else {
+            &self.lanes.idle_set
         };
-        let mut fds = [
-            fd(self.tun.fd()),
-            fd(self.lanes.kick.as_raw_fd()),
-            fd(self.udp.fd()),
-        ];
-        let n = if busy { 2 } else { 3 };
-        poll_fds(&mut fds[..n], STOP_CHECK)?;
-        let kicked = fds[1].revents != 0;
+        let ready = set.wait(STOP_CHECK)?;
+        let kicked = ready.has(KICK);
         if kicked {
             self.lanes.drain_kick();
         }
-        // After a kick (the lanes changed) or an error, look at both.
-        Ok((fds[0].revents != 0 || kicked, fds[2].revents != 0 || kicked))
+        // After a kick (the lanes changed), look at both.
+        Ok((ready.has(TUN) || kicked, ready.has(UDP) || kicked))
     }
 
     /// Reads one batch from the TUN device (without waiting) and sends it;
@@ -412,7 +432,7 @@ impl Pump {
                 continue;
             }
             if self.udp_once(&mut lock(&self.udp_side), true)?.0 == 0
-                && !self.udp.wait_readable(IDLE_AFTER)?
+                && self.lanes.udp_set.wait(IDLE_AFTER)?.is_empty()
             {
                 self.lanes.to_idle();
             }
@@ -446,7 +466,8 @@ mod tests {
 
     #[test]
     fn lanes_switch_once_each_way_and_the_kick_is_drained() {
-        let l = Lanes::new().unwrap();
+        let (tun, udp) = (pipe(), pipe());
+        let l = Lanes::new(tun.0.as_raw_fd(), udp.0.as_raw_fd()).unwrap();
         assert!(!l.busy());
         l.to_busy();
         l.to_busy();
@@ -456,13 +477,42 @@ mod tests {
         l.to_idle();
         l.to_idle();
         assert!(!l.busy());
-        let mut p = [libc::pollfd {
-            fd: l.kick.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        assert_eq!(poll_fds(&mut p, Duration::ZERO).unwrap(), 1);
+        assert!(l.busy_set.wait(Duration::ZERO).unwrap().has(KICK));
+        assert!(l.idle_set.wait(Duration::ZERO).unwrap().has(KICK));
         l.drain_kick();
-        assert_eq!(poll_fds(&mut p, Duration::ZERO).unwrap(), 0);
+        assert!(l.idle_set.wait(Duration::ZERO).unwrap().is_empty());
+        assert!(l.udp_set.wait(Duration::ZERO).unwrap().is_empty());
+    }
+
+    /// A pipe (read end, write end).
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: room for two descriptors; checked below.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors nothing else owns.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn each_wait_set_watches_its_own_descriptors() {
+        let (tun, udp) = (pipe(), pipe());
+        let l = Lanes::new(tun.0.as_raw_fd(), udp.0.as_raw_fd()).unwrap();
+        // SAFETY: one byte from a live buffer into our pipe.
+        assert_eq!(
+            unsafe { libc::write(udp.1.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        assert!(l.idle_set.wait(Duration::ZERO).unwrap().has(UDP));
+        assert!(l.udp_set.wait(Duration::ZERO).unwrap().has(UDP));
+        assert!(
+            l.busy_set.wait(Duration::ZERO).unwrap().is_empty(),
+            "busy: the TUN thread leaves the socket alone"
+        );
+        // SAFETY: likewise.
+        assert_eq!(
+            unsafe { libc::write(tun.1.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        assert!(l.busy_set.wait(Duration::ZERO).unwrap().has(TUN));
     }
 }

@@ -72,11 +72,6 @@ impl UdpIo {
         (self.gro, self.gso.load(Ordering::Relaxed))
     }
 
-    /// Waits until a datagram can be read, or `timeout` passes.
-    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        poll_fd(self.sock.as_raw_fd(), libc::POLLIN, timeout)
-    }
-
     pub fn fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
@@ -519,28 +514,23 @@ pub fn from_v6(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Waits for `events` on `fd`; false on timeout.
+/// Waits for `events` on `fd`; false on timeout or a signal (callers
+/// loop or give up anyway).
 pub fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let mut p = [libc::pollfd {
+    let mut p = libc::pollfd {
         fd,
         events,
         revents: 0,
-    }];
-    Ok(poll_fds(&mut p, timeout)? > 0)
-}
-
-/// `poll(2)` on several descriptors; the number ready, 0 on timeout or a
-/// signal (callers loop anyway).
-pub fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+    };
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: a valid slice of pollfds, its length passed along.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut p, 1, ms) };
     if rc >= 0 {
-        return Ok(rc as usize);
+        return Ok(rc > 0);
     }
     let e = io::Error::last_os_error();
     if e.kind() == io::ErrorKind::Interrupted {
-        Ok(0)
+        Ok(false)
     } else {
         Err(e)
     }
