@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Summaries of a tracefs text trace (see trace.sh).
+
+syscalls TRACE N: per thread and system call, the median on-CPU time from
+entry to exit (time switched out excluded), and the median user time
+between the exit of one call and the entry of the next.
+
+timeline TRACE TIDS_A TIDS_B: per ping (ping's sendto to its recvmsg), the
+time between the legs through node A (TIDS_A, comma-separated) and node B:
+A's thread running, A's sendto, B's thread running, B's TUN write and its
+return, B's sendto, A's thread again, A's TUN write, ping's reply.
+"""
+import collections
+import re
+import sys
+
+LINE = re.compile(r'\s*(.+?)-(\d+)\s+\[(\d+)\]\s+\S+\s+([\d.]+):\s+(\w+):\s+(.*)')
+NAMES = {0: 'read', 1: 'write', 7: 'poll', 20: 'writev', 44: 'sendto', 45: 'recvfrom',
+         47: 'recvmsg', 202: 'futex', 232: 'epoll_wait', 233: 'epoll_ctl', 299: 'recvmmsg'}
+SENDTO, WRITE, WRITEV, RECVMSG = 44, 1, 20, 47
+
+
+def events(path):
+    for line in open(path):
+        m = LINE.match(line)
+        if not m:
+            continue
+        comm, tid, cpu, ts, ev, rest = m.groups()
+        nr = re.search(r'NR (-?\d+)', rest)
+        yield (comm, int(tid), int(cpu), float(ts) * 1e6, ev,
+               int(nr.group(1)) if nr else None, rest)
+
+
+def switch_pids(rest):
+    return (int(re.search(r'prev_pid=(\d+)', rest).group(1)),
+            int(re.search(r'next_pid=(\d+)', rest).group(1)))
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2]
+
+
+def syscalls(path, n):
+    inside = {}    # tid -> [nr, on-CPU since (None while switched out), accumulated]
+    after = {}     # tid -> (nr, exit time)
+    dur = collections.defaultdict(list)
+    gap = collections.defaultdict(list)
+    for comm, tid, cpu, ts, ev, nr, rest in events(path):
+        if ev == 'sched_switch':
+            prev, nxt = switch_pids(rest)
+            if prev in inside and inside[prev][1] is not None:
+                inside[prev][2] += ts - inside[prev][1]
+                inside[prev][1] = None
+            if nxt in inside:
+                inside[nxt][1] = ts
+            after.pop(prev, None)   # a switch in user space: not a clean gap
+        elif ev == 'sys_enter':
+            if tid in after:
+                pnr, t0 = after.pop(tid)
+                gap[(tid, pnr, nr)].append(ts - t0)
+            inside[tid] = [nr, ts, 0.0]
+        elif ev == 'sys_exit' and tid in inside and inside[tid][1] is not None:
+            nr, t0, acc = inside.pop(tid)
+            dur[(tid, nr)].append(acc + ts - t0)
+            after[tid] = (nr, ts)
+    name = lambda nr: NAMES.get(nr, str(nr))
+    print('on-CPU per system call (us, medians):')
+    for (tid, nr), v in sorted(dur.items()):
+        if len(v) >= n / 10:
+            print(f'  {tid:>7} {name(nr):>10}  n {len(v):5d}  {median(v):5.1f}')
+    print('user time between calls (us, medians):')
+    for (tid, a, b), v in sorted(gap.items()):
+        if len(v) >= n / 10:
+            print(f'  {tid:>7} {name(a):>10} -> {name(b):10}  n {len(v):5d}  {median(v):5.1f}')
+
+
+def timeline(path, tids_a, tids_b):
+    a = {int(t) for t in tids_a.split(',')}
+    b = {int(t) for t in tids_b.split(',')}
+    pings, cur = [], None
+    for comm, tid, cpu, ts, ev, nr, rest in events(path):
+        if ev == 'sys_enter' and comm == 'ping' and nr == SENDTO:
+            cur = {'ping sendto': ts}
+            pings.append(cur)
+            continue
+        if cur is None:
+            continue
+        if ev == 'sys_enter':
+            if tid in a and nr == SENDTO and 'A sendto' not in cur:
+                cur['A sendto'] = ts
+            elif tid in b and nr in (WRITE, WRITEV) and 'A sendto' in cur and 'B tun write' not in cur:
+                cur['B tun write'] = ts
+            elif tid in b and nr == SENDTO and 'B tun write' in cur and 'B sendto' not in cur:
+                cur['B sendto'] = ts
+            elif tid in a and nr in (WRITE, WRITEV) and 'B sendto' in cur and 'A tun write' not in cur:
+                cur['A tun write'] = ts
+        elif ev == 'sys_exit':
+            if comm == 'ping' and nr == RECVMSG and 'A tun write' in cur and 'ping reply' not in cur:
+                cur['ping reply'] = ts
+            if tid in b and nr in (WRITE, WRITEV) and 'B tun write' in cur and 'B tun written' not in cur:
+                cur['B tun written'] = ts
+        elif ev == 'sched_switch':
+            _, nxt = switch_pids(rest)
+            if nxt in a and 'A runs' not in cur:
+                cur['A runs'] = ts
+            elif nxt in b and 'A sendto' in cur and 'B runs' not in cur:
+                cur['B runs'] = ts
+            elif nxt in a and 'B sendto' in cur and 'A runs again' not in cur:
+                cur['A runs again'] = ts
+    order = ['ping sendto', 'A runs', 'A sendto', 'B runs', 'B tun write', 'B tun written',
+             'B sendto', 'A runs again', 'A tun write', 'ping reply']
+    legs = collections.defaultdict(list)
+    for p in pings:
+        if 'ping reply' not in p:
+            continue
+        prev = 'ping sendto'
+        for k in order[1:]:
+            if k in p and p[k] >= p[prev]:
+                legs[f'{prev} -> {k}'].append(p[k] - p[prev])
+                prev = k
+        legs['round trip'].append(p['ping reply'] - p['ping sendto'])
+    print(f'{len(legs["round trip"])} of {len(pings)} pings complete; medians in us:')
+    for k, v in legs.items():
+        if len(v) >= len(pings) / 10:
+            print(f'  {k:34s} n {len(v):4d}  {median(v):6.1f}')
+
+
+if __name__ == '__main__':
+    if len(sys.argv) == 4 and sys.argv[1] == 'syscalls':
+        syscalls(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 5 and sys.argv[1] == 'timeline':
+        timeline(*sys.argv[2:])
+    else:
+        sys.exit(__doc__)
