@@ -9,8 +9,8 @@
 #                                trace everything during N pings: each
 #                                ping's legs through node A and node B
 #
-# The trace clock is set to `mono`: the default per-CPU `local` clock
-# makes intervals that cross CPUs meaningless.
+# The trace clock is `mono` while tracing (then restored): the default
+# per-CPU `local` clock makes intervals that cross CPUs meaningless.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 T=/sys/kernel/tracing
@@ -20,7 +20,8 @@ EVENTS="raw_syscalls/sys_enter raw_syscalls/sys_exit sched/sched_switch"
 tids() { local p; for p in "$@"; do ls "/proc/$p/task"; done; }
 
 run() {   # run N FILTER_SYSCALLS FILTER_SCHED
-    local e
+    local e clock
+    clock=$(sed 's/.*\[\(.*\)\].*/\1/' $T/trace_clock)
     echo 0 > $T/tracing_on
     echo > $T/trace
     echo mono > $T/trace_clock
@@ -33,6 +34,7 @@ run() {   # run N FILTER_SYSCALLS FILTER_SCHED
     echo 0 > $T/tracing_on
     for e in $EVENTS; do echo 0 > "$T/events/$e/enable"; echo 0 > "$T/events/$e/filter"; done
     cat $T/trace > "$OUT"
+    echo "$clock" > $T/trace_clock
 }
 
 [ "$(id -u)" = 0 ] || { echo "trace.sh: run as root" >&2; exit 1; }
