@@ -27,9 +27,14 @@ use crate::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_PSH, checksum, fold, sum1
 /// Size of the `virtio_net_hdr` in front of every write on an offload TUN.
 pub const VNET_HDR_LEN: usize = 10;
 
-const F_NEEDS_CSUM: u8 = 1;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
+/// `virtio_net_hdr` values (linux/virtio_net.h), for writes here and
+/// reads in `tunio.rs`.
+pub(crate) const F_NEEDS_CSUM: u8 = 1;
+pub(crate) const GSO_NONE: u8 = 0;
+pub(crate) const GSO_TCPV4: u8 = 1;
+pub(crate) const GSO_TCPV6: u8 = 4;
+pub(crate) const GSO_UDP_L4: u8 = 5;
+pub(crate) const GSO_ECN: u8 = 0x80;
 /// Largest super-packet (IP total length).
 const MAX_LEN: usize = 65_535;
 /// Flows that can be coalesced at the same time in one batch; a batch from

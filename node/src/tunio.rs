@@ -11,17 +11,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tun_rs::{
-    IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
-    VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_LEN, VirtioNetHdr, gso_split,
+use tun_rs::{IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN, VirtioNetHdr, gso_split};
+
+use crate::coalesce::{
+    Coalescer, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
 };
-
-// virtio_net.h values tun-rs does not export.
-const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
-const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-
-use crate::coalesce::Coalescer;
 use crate::status::TunCounters;
 
 /// Room for one super-packet and its virtio header.
@@ -258,11 +252,11 @@ pub fn split_frame(
     let packet = &mut frame[VIRTIO_NET_HDR_LEN..];
     let start = usize::from(hdr.csum_start);
     let csum_at = start + usize::from(hdr.csum_offset);
-    let needs_csum = hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
-    if (needs_csum || hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE) && csum_at + 2 > packet.len() {
+    let needs_csum = hdr.flags & F_NEEDS_CSUM != 0;
+    if (needs_csum || hdr.gso_type != GSO_NONE) && csum_at + 2 > packet.len() {
         return Err("checksum field beyond the packet".into());
     }
-    if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE {
+    if hdr.gso_type == GSO_NONE {
         if needs_csum {
             // The field holds the pseudo-header sum; the sum over the
             // transport header and data with it in place, complemented, is
@@ -280,9 +274,9 @@ pub fn split_frame(
         6 => true,
         v => return Err(format!("super-packet of IP version {v}")),
     };
-    let ecn = hdr.gso_type & VIRTIO_NET_HDR_GSO_ECN != 0;
-    let l4 = match (hdr.gso_type & !VIRTIO_NET_HDR_GSO_ECN, v6) {
-        (VIRTIO_NET_HDR_GSO_TCPV4, false) | (VIRTIO_NET_HDR_GSO_TCPV6, true) => {
+    let ecn = hdr.gso_type & GSO_ECN != 0;
+    let l4 = match (hdr.gso_type & !GSO_ECN, v6) {
+        (GSO_TCPV4, false) | (GSO_TCPV6, true) => {
             let off = *packet
                 .get(start + 12)
                 .ok_or("super-packet shorter than its TCP header")?;
@@ -292,7 +286,7 @@ pub fn split_frame(
             }
             len
         }
-        (VIRTIO_NET_HDR_GSO_UDP_L4, _) if !ecn => 8,
+        (GSO_UDP_L4, _) if !ecn => 8,
         (t, _) => {
             return Err(format!(
                 "GSO type {t} on an IPv{} packet",
@@ -357,13 +351,7 @@ mod tests {
         let pseudo = sum16(0, &p[12..20]) + u32::from(p[9]) + (p.len() - 20) as u32;
         let at = 20 + usize::from(csum_offset);
         p[at..at + 2].copy_from_slice(&(!fold(pseudo)).to_be_bytes());
-        let h = vnet(
-            VIRTIO_NET_HDR_F_NEEDS_CSUM,
-            gso_type,
-            gso_size,
-            20,
-            csum_offset,
-        );
+        let h = vnet(F_NEEDS_CSUM, gso_type, gso_size, 20, csum_offset);
         [h, p].concat()
     }
 
@@ -381,7 +369,7 @@ mod tests {
     #[test]
     fn a_plain_packet_is_found_in_place_untouched() {
         let pkt = craft::echo_request(ip(A), ip(B), 7, 1);
-        let mut frame = vnet(0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0);
+        let mut frame = vnet(0, GSO_NONE, 0, 0, 0);
         frame.extend_from_slice(&pkt);
         let (mut bufs, mut sizes) = scratch();
         let f = split_frame(&mut frame, &mut bufs, &mut sizes).unwrap();
@@ -393,7 +381,7 @@ mod tests {
     fn a_partial_checksum_is_completed() {
         for payload in [&b"odd"[..], b"even", b""] {
             let good = craft::udp(ip(A), 5000, ip(B), 53, payload);
-            let mut frame = partial(&good, VIRTIO_NET_HDR_GSO_NONE, 0, 6);
+            let mut frame = partial(&good, GSO_NONE, 0, 6);
             let (mut bufs, mut sizes) = scratch();
             split_frame(&mut frame, &mut bufs, &mut sizes).unwrap();
             let done = &frame[VIRTIO_NET_HDR_LEN..];
@@ -408,7 +396,7 @@ mod tests {
     fn a_tcp_super_packet_is_split_into_valid_segments() {
         let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
         let sp = craft::tcp(ip(A), 40000, ip(B), 5201, 0x18, &data);
-        let mut frame = partial(&sp, VIRTIO_NET_HDR_GSO_TCPV4, 1000, 16);
+        let mut frame = partial(&sp, GSO_TCPV4, 1000, 16);
         let (mut bufs, mut sizes) = scratch();
         let f = split_frame(&mut frame, &mut bufs, &mut sizes).unwrap();
         assert_eq!(f, Frame::Split(3));
@@ -435,26 +423,17 @@ mod tests {
         let tcp = craft::tcp(ip(A), 1, ip(B), 2, 0x10, &[0; 100]);
         let with = |h: Vec<u8>| [h, tcp.clone()].concat();
         // An IPv6 GSO type on an IPv4 packet.
-        let e = split(with(vnet(1, VIRTIO_NET_HDR_GSO_TCPV6, 50, 20, 16))).unwrap_err();
+        let e = split(with(vnet(1, GSO_TCPV6, 50, 20, 16))).unwrap_err();
         assert!(e.contains("GSO type"), "{e}");
         // A checksum field past the end.
-        let e = split(with(vnet(1, VIRTIO_NET_HDR_GSO_NONE, 0, 200, 16))).unwrap_err();
+        let e = split(with(vnet(1, GSO_NONE, 0, 200, 16))).unwrap_err();
         assert!(e.contains("beyond"), "{e}");
         assert!(
-            split(with(vnet(1, VIRTIO_NET_HDR_GSO_TCPV4, 0, 20, 16))).is_err(),
+            split(with(vnet(1, GSO_TCPV4, 0, 20, 16))).is_err(),
             "gso_size 0"
         );
-        assert!(
-            split(with(vnet(
-                1,
-                VIRTIO_NET_HDR_GSO_UDP_L4 | VIRTIO_NET_HDR_GSO_ECN,
-                50,
-                20,
-                6
-            )))
-            .is_err()
-        );
-        let mut v5 = with(vnet(1, VIRTIO_NET_HDR_GSO_TCPV4, 50, 20, 16));
+        assert!(split(with(vnet(1, GSO_UDP_L4 | GSO_ECN, 50, 20, 6))).is_err());
+        let mut v5 = with(vnet(1, GSO_TCPV4, 50, 20, 16));
         v5[VIRTIO_NET_HDR_LEN] = 0x55;
         assert!(split(v5).is_err(), "IP version 5");
     }
