@@ -29,7 +29,6 @@ impl Ready {
 #[derive(Debug)]
 pub struct WaitSet {
     ep: OwnedFd,
-    len: usize,
 }
 
 impl WaitSet {
@@ -42,7 +41,6 @@ impl WaitSet {
         Ok(Self {
             // SAFETY: a fresh descriptor nothing else owns.
             ep: unsafe { OwnedFd::from_raw_fd(fd) },
-            len: 0,
         })
     }
 
@@ -64,19 +62,25 @@ impl WaitSet {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        self.len += 1;
         Ok(())
     }
 
     /// Waits at most `timeout` until a member is readable (or in error,
     /// which a read then reports); an empty set on timeout or a signal.
     pub fn wait(&self, timeout: Duration) -> io::Result<Ready> {
+        // Our sets hold three members; more would be reported next call.
         const MAX: usize = 8;
         let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; MAX];
-        let n = self.len.clamp(1, MAX) as libc::c_int;
-        // SAFETY: a valid epoll descriptor and room for `n` events.
-        let rc = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), n, ms) };
+        // SAFETY: a valid epoll descriptor and room for MAX events.
+        let rc = unsafe {
+            libc::epoll_wait(
+                self.ep.as_raw_fd(),
+                evs.as_mut_ptr(),
+                MAX as libc::c_int,
+                ms,
+            )
+        };
         if rc < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {
