@@ -9,7 +9,8 @@
 #   lab.sh pids             the tunnel daemons' PIDs: node A's, node B's
 #   lab.sh rtt [N]          N pings (1000) 10 ms apart: p50/p90/p99/avg in ms
 #   lab.sh ab R N BIN...    R rounds of N pings for each segmesh-node binary
-#                           (and boringtun-1t when BT=1), interleaved
+#                           (and boringtun-1t when BT=1), interleaved, the
+#                           order reversed every other round
 #
 # Env: MB_BENCH (the harness, /work/shared/bench), SEGMESH_BIN (the node
 # binary, target/release/segmesh-node), LAB_DIR (state, /tmp/segmesh-lab).
@@ -71,9 +72,15 @@ rtt() {
 }
 
 ab() {
-    local rounds=$1 n=$2 r b; shift 2
+    local rounds=$1 n=$2 r b order; shift 2
     for r in $(seq 1 "$rounds"); do
-        for b in "$@" ${BT:+boringtun-1t}; do
+        # Every other round in reverse order: the host drifts over minutes,
+        # and a fixed order would charge that drift to whichever runs last.
+        order=("$@" ${BT:+boringtun-1t})
+        if [ $((r % 2)) = 0 ]; then
+            mapfile -t order < <(printf '%s\n' "${order[@]}" | tac)
+        fi
+        for b in "${order[@]}"; do
             down
             if [ "$b" = boringtun-1t ]; then up boringtun-1t > /dev/null
             else SEGMESH_BIN=$b up segmesh > /dev/null; fi

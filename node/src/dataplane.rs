@@ -14,7 +14,7 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -326,9 +326,9 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     };
     tracing::info!("shutting down");
     // Dropping the tasks closes the sockets and removes the socket files;
-    // the packet threads notice the flag within STOP_CHECK, and the last
+    // the packet threads are woken to see the stop flag, and the last
     // reference to the TUN device removes the interface.
-    pump.stop.store(true, Ordering::Relaxed);
+    pump.stop();
     tasks.shutdown().await;
     drop(pump);
     for t in threads {

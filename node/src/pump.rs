@@ -42,8 +42,12 @@ use crate::tunio::{TunIo, TunRead, TunWrite};
 use crate::udpio::{RecvBatch, SendBatch, UdpIo};
 use crate::waitset::WaitSet;
 
-/// How often a waiting thread checks whether it should stop.
-const STOP_CHECK: Duration = Duration::from_millis(200);
+/// The longest a packet thread sleeps. Stopping wakes both threads
+/// ([`Pump::stop`]), so this only bounds the wait should a wakeup ever be
+/// lost; it is long so that an idle node's threads stay asleep (every
+/// wakeup of an idle vCPU costs the host, and a short check interval woke
+/// the parked UDP thread five times a second).
+const STOP_CHECK: Duration = Duration::from_secs(30);
 /// A batch of more packets than this is bulk traffic: two lanes.
 const BULK_BATCH: usize = 2;
 /// More batches than this within [`RATE_WINDOW`] (many small packets, e.g.
@@ -214,19 +218,34 @@ impl Lanes {
     fn to_idle(&self) {
         if self.busy.swap(false, Ordering::AcqRel) {
             tracing::trace!("packet path: one lane");
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes from a live buffer to our eventfd. A
-            // full counter (EAGAIN) still leaves it readable: nothing lost.
-            unsafe { libc::write(self.kick.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            self.kick();
         }
     }
 
-    /// Waits (at most `timeout`) until busy.
-    fn park(&self, timeout: Duration) {
+    /// Waits (at most `timeout`) until busy or stopping; `stop` is read
+    /// under the lock that [`Lanes::wake_all`] takes, so no wakeup is lost.
+    fn park(&self, timeout: Duration, stop: &AtomicBool) {
         let g = self.park.lock().unwrap_or_else(PoisonError::into_inner);
-        if !self.busy() {
+        if !self.busy() && !stop.load(Ordering::Acquire) {
             let _ = self.unpark.wait_timeout(g, timeout);
         }
+    }
+
+    /// Wakes both threads wherever they wait (after the stop flag is set).
+    fn wake_all(&self) {
+        {
+            let _g = self.park.lock().unwrap_or_else(PoisonError::into_inner);
+            self.unpark.notify_all();
+        }
+        self.kick();
+    }
+
+    /// Makes the TUN thread's wait sets readable until it drains the kick.
+    fn kick(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd. A full
+        // counter (EAGAIN) still leaves it readable: nothing lost.
+        unsafe { libc::write(self.kick.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
     fn drain_kick(&self) {
@@ -285,7 +304,14 @@ impl Pump {
     }
 
     fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Tells both threads to end and wakes them; they return within one
+    /// pass of their loops.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.lanes.wake_all();
     }
 
     /// TUN -> core (route, filter, encrypt) -> UDP; while idle also
@@ -428,7 +454,7 @@ impl Pump {
     fn udp_loop(&self) -> io::Result<()> {
         while !self.stopped() {
             if !self.lanes.busy() {
-                self.lanes.park(STOP_CHECK);
+                self.lanes.park(STOP_CHECK, &self.stop);
                 continue;
             }
             if self.udp_once(&mut lock(&self.udp_side), true)?.0 == 0
@@ -473,7 +499,7 @@ mod tests {
         l.to_busy();
         assert!(l.busy());
         // Parking while busy returns at once.
-        l.park(Duration::from_secs(5));
+        l.park(Duration::from_secs(5), &AtomicBool::new(false));
         l.to_idle();
         l.to_idle();
         assert!(!l.busy());
@@ -482,6 +508,31 @@ mod tests {
         l.drain_kick();
         assert!(l.idle_set.wait(Duration::ZERO).unwrap().is_empty());
         assert!(l.udp_set.wait(Duration::ZERO).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stopping_wakes_a_parked_thread_and_the_tun_wait() {
+        let (tun, udp) = (pipe(), pipe());
+        let l = Arc::new(Lanes::new(tun.0.as_raw_fd(), udp.0.as_raw_fd()).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let (l, stop) = (l.clone(), stop.clone());
+            move || {
+                l.park(Duration::from_secs(3600), &stop);
+                let _ = tx.send(());
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "parked until told");
+        stop.store(true, Ordering::Release);
+        l.wake_all();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the parked thread woke for the stop");
+        assert!(l.idle_set.wait(Duration::ZERO).unwrap().has(KICK));
+        assert!(l.busy_set.wait(Duration::ZERO).unwrap().has(KICK));
+        // Set before parking: parking returns at once.
+        l.park(Duration::from_secs(3600), &stop);
     }
 
     /// A pipe (read end, write end).
