@@ -307,8 +307,9 @@ impl Pump {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Tells both threads to end and wakes them; they return within one
-    /// pass of their loops.
+    /// Tells both threads to end and wakes them: the TUN thread and a
+    /// parked UDP thread return at once, a busy UDP thread (which waits on
+    /// the socket alone) within [`IDLE_AFTER`].
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.lanes.wake_all();
