@@ -11,6 +11,9 @@
 #   lab.sh ab R N BIN...    R rounds of N pings for each segmesh-node binary
 #                           (and boringtun-1t when BT=1), interleaved, the
 #                           order reversed every other round
+#   lab.sh coldsend [R]     R runs (3) of coldsend.c on the bare veth: the
+#                           cost of one UDP send 10 ms after the last, from
+#                           a connected and an unconnected socket (gcc)
 #
 # Env: MB_BENCH (the harness, /work/shared/bench), SEGMESH_BIN (the node
 # binary, target/release/segmesh-node), LAB_DIR (state, /tmp/segmesh-lab).
@@ -90,6 +93,23 @@ ab() {
     down
 }
 
+coldsend() {
+    local bin=$LAB/coldsend rx i
+    down
+    mkdir -p "$LAB"
+    gcc -O2 -Wall -o "$bin" "$HERE/coldsend.c"
+    "$B/netns.sh" up > /dev/null
+    ip netns exec mb-b "$bin" rx 7000 &
+    rx=$!
+    # shellcheck disable=SC2064  # expand now: the receiver's PID
+    trap "kill $rx 2> /dev/null; down" EXIT
+    sleep 0.2
+    for i in $(seq 1 "${1:-3}"); do
+        echo "run $i"
+        ip netns exec mb-a "$bin" tx 10.231.0.2 7000 10000
+    done
+}
+
 [ "$(id -u)" = 0 ] || { echo "lab.sh: run as root" >&2; exit 1; }
 cmd=${1:-}; shift || true
 case $cmd in
@@ -98,5 +118,6 @@ case $cmd in
     pids) pids ;;
     rtt) rtt "$@" ;;
     ab) ab "$@" ;;
-    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    coldsend) coldsend "$@" ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
