@@ -12,7 +12,9 @@
 # directly as JSON in the format `segmeshctl policy netmap --json` produces.
 # Env: SEGMESH_BIN (default: segmesh-node from PATH), SEGMESH_THREADS
 # (worker threads, default: the node's own default), SEGMESH_OFFLOAD
-# (true|false: TUN/UDP offloads, default: the node's own default, true).
+# (true|false: TUN/UDP offloads, default: the node's own default, true),
+# SEGMESH_LISTEN (listen_address, e.g. 0.0.0.0 for an IPv4-only socket;
+# default: dual-stack).
 
 SEGMESH_BIN=${SEGMESH_BIN:-segmesh-node}
 SM_IF_A=mbsm-a   # distinct names: the UAPI socket directory is shared
@@ -71,6 +73,7 @@ control_socket = "$WORK/$1.ctl"
 TOML
     if [ -n "${SEGMESH_THREADS:-}" ]; then echo "threads = $SEGMESH_THREADS"; fi
     if [ -n "${SEGMESH_OFFLOAD:-}" ]; then echo "offload = $SEGMESH_OFFLOAD"; fi
+    if [ -n "${SEGMESH_LISTEN:-}" ]; then echo "listen_address = \"$SEGMESH_LISTEN\""; fi
 }
 
 impl_up() {

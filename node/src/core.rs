@@ -47,6 +47,10 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 pub struct Transmit {
     pub dst: SocketAddr,
     pub payload: Vec<u8>,
+    /// `dst` is a peer's endpoint (from the netmap or learned from its
+    /// authenticated packets), not merely where a datagram came from: the
+    /// driver may give it a connected socket.
+    pub peer: bool,
 }
 
 /// Something the driver may want to log or record.
@@ -176,10 +180,15 @@ impl Io {
                 self.transmits.push_back(Transmit {
                     dst: extra,
                     payload: copy,
+                    peer: false,
                 });
             }
         }
-        self.transmits.push_back(Transmit { dst, payload: buf });
+        self.transmits.push_back(Transmit {
+            dst,
+            payload: buf,
+            peer: true,
+        });
     }
 }
 
@@ -407,6 +416,7 @@ impl Node {
                         self.io.transmits.push_back(Transmit {
                             dst: from,
                             payload: buf,
+                            peer: false,
                         });
                         // A responder cannot send on the new session before
                         // the initiator's first data message (which flushes
@@ -481,6 +491,7 @@ impl Node {
                 self.io.transmits.push_back(Transmit {
                     dst: from,
                     payload: cookie,
+                    peer: false,
                 });
                 return None;
             }

@@ -12,7 +12,6 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,8 +34,6 @@ use crate::{ctlsock, tundev, uapi, unixsock};
 
 /// How often the netmap file's mtime is checked.
 const NETMAP_POLL: Duration = Duration::from_millis(500);
-/// Socket buffers sized for a few ms of line rate, like wireguard-go.
-const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// Events waiting for the log/flow-log task; beyond this they are dropped
 /// (the flow log is rate-limited anyway).
 const EVENT_QUEUE: usize = 4096;
@@ -156,7 +153,14 @@ fn bind_udp(
     };
     let mut last = None;
     for addr in &candidates {
-        match std::net::UdpSocket::bind(addr) {
+        // A plain bind first: it fails while another process holds the
+        // port, which the shared bind below (SO_REUSEPORT, for the peer
+        // sockets) would not. Then the port it got, shared.
+        match std::net::UdpSocket::bind(addr).and_then(|probe| {
+            let got = probe.local_addr()?;
+            drop(probe);
+            udpio::bind_shared(got)
+        }) {
             Ok(s) => return Ok((s, addr.is_ipv6())),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => bail!(
                 "UDP port {port} is already in use (listen_port in {}); stop the other process or pick another port",
@@ -167,22 +171,6 @@ fn bind_udp(
     }
     let (addr, e) = last.context("no address to bind")?;
     Err(e).with_context(|| format!("binding UDP {addr}"))
-}
-
-/// Large socket buffers absorb bursts; the FORCE variants (we hold
-/// CAP_NET_ADMIN anyway, for the TUN) go past `net.core.rmem_max`.
-fn set_buffers(sock: &std::net::UdpSocket) {
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        let fd = sock.as_raw_fd();
-        if udpio::setsockopt(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err()
-            && let Err(e) = udpio::setsockopt(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER)
-        {
-            tracing::debug!(error = %e, "setting socket buffer size");
-        }
-    }
 }
 
 /// Runs the node until SIGINT/SIGTERM.
@@ -207,7 +195,6 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("netmap {}: {e}", cfg.netmap_file.display()))?;
 
     let (std_udp, v6_socket) = bind_udp(cfg, &s.config_path)?;
-    set_buffers(&std_udp);
     let udp = Arc::new(UdpIo::new(std_udp, v6_socket, cfg.offload)?);
     let listen_port = udp.local_addr()?.port();
     let tun = Arc::new(TunIo::new(tundev::create(cfg, &map)?, cfg.mtu)?);
@@ -265,6 +252,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let span = tracing::info_span!("node", node = %applier.current.node.name);
     let lanes =
         Lanes::new(tun.fd(), udp.fd()).context("eventfd and epoll for the packet threads")?;
+    lanes.watch_peer_sockets(&udp);
     let pump = Pump {
         shared: shared.clone(),
         udp,
@@ -536,7 +524,16 @@ mod tests {
         assert!(msg.contains("/etc/segmesh/node.toml"), "{msg}");
         drop(taken);
         let (sock, v6) = bind_udp(&config(0), Path::new("x")).unwrap();
-        assert!(!v6 && sock.local_addr().unwrap().port() != 0);
+        let port = sock.local_addr().unwrap().port();
+        assert!(!v6 && port != 0);
+        // Our socket shares its port (SO_REUSEPORT, for the peer sockets),
+        // yet a second node on the same port still gets the clear error.
+        let err = bind_udp(&config(port), Path::new("/etc/segmesh/node.toml")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&format!("UDP port {port} is already in use")),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::core::{Event, Node, Transmit};
 use crate::dataplane::Shared;
 use crate::tunio::{TunIo, TunRead, TunWrite};
 use crate::udpio::{RecvBatch, SendBatch, UdpIo};
-use crate::waitset::WaitSet;
+use crate::waitset::{Ready, WaitSet};
 
 /// The longest a packet thread sleeps. Stopping wakes both threads
 /// ([`Pump::stop`]), so this only bounds the wait should a wakeup ever be
@@ -102,7 +102,9 @@ impl Outputs {
         if !self.transmits.is_empty() {
             udp.send(
                 &mut self.send,
-                self.transmits.iter().map(|t| (t.dst, &t.payload[..])),
+                self.transmits
+                    .iter()
+                    .map(|t| (t.dst, &t.payload[..], t.peer)),
             );
             self.spent
                 .extend(self.transmits.drain(..).map(|t| t.payload));
@@ -159,15 +161,16 @@ pub(crate) struct Lanes {
     unpark: Condvar,
     /// An eventfd in the TUN thread's wait sets: "watch the socket too now".
     kick: OwnedFd,
-    /// What the TUN thread waits on while idle: TUN, kick and socket ...
-    idle_set: WaitSet,
+    /// What the TUN thread waits on while idle: TUN, kick and sockets ...
+    idle_set: Arc<WaitSet>,
     /// ... and while busy: TUN and kick.
     busy_set: WaitSet,
-    /// What the UDP thread waits on while busy: the socket.
-    udp_set: WaitSet,
+    /// What the UDP thread waits on while busy: the sockets.
+    udp_set: Arc<WaitSet>,
 }
 
-/// Tokens of the wait sets.
+/// Tokens of the wait sets; UDP socket `i` (0: the listening one, then
+/// the peer sockets, see [`crate::udpio`]) is `UDP + i`.
 const TUN: u32 = 0;
 const KICK: u32 = 1;
 const UDP: u32 = 2;
@@ -184,7 +187,7 @@ impl Lanes {
         // SAFETY: a fresh descriptor nothing else owns.
         let kick = unsafe { OwnedFd::from_raw_fd(fd) };
         let set = |members: &[(RawFd, u32)]| -> io::Result<WaitSet> {
-            let mut s = WaitSet::new()?;
+            let s = WaitSet::new()?;
             for &(fd, token) in members {
                 s.add(fd, token)?;
             }
@@ -195,11 +198,17 @@ impl Lanes {
             busy: AtomicBool::new(false),
             park: Mutex::new(()),
             unpark: Condvar::new(),
-            idle_set: set(&[(tun, TUN), (k, KICK), (udp, UDP)])?,
+            idle_set: Arc::new(set(&[(tun, TUN), (k, KICK), (udp, UDP)])?),
             busy_set: set(&[(tun, TUN), (k, KICK)])?,
-            udp_set: set(&[(udp, UDP)])?,
+            udp_set: Arc::new(set(&[(udp, UDP)])?),
             kick,
         })
+    }
+
+    /// Has `udp`'s peer sockets, as it makes them, watched where the
+    /// listening socket is.
+    pub(crate) fn watch_peer_sockets(&self, udp: &UdpIo) {
+        udp.watch_in(vec![self.idle_set.clone(), self.udp_set.clone()], UDP);
     }
 
     pub(crate) fn busy(&self) -> bool {
@@ -319,7 +328,7 @@ impl Pump {
     /// UDP -> core -> TUN.
     fn tun_loop(&self) -> io::Result<()> {
         let mut rate = Rate::default();
-        let (mut tun_ready, mut udp_ready) = (true, true);
+        let (mut tun_ready, mut udp_ready) = (true, Ready::ALL);
         while !self.stopped() {
             let busy = self.lanes.busy();
             let from_tun = if tun_ready {
@@ -327,8 +336,8 @@ impl Pump {
             } else {
                 0
             };
-            let (from_udp, wrote) = if !busy && udp_ready {
-                self.udp_once(&mut lock(&self.udp_side), false)?
+            let (from_udp, wrote) = if !busy && !udp_ready.is_empty() {
+                self.udp_once(&mut lock(&self.udp_side), false, udp_ready)?
             } else {
                 (0, false)
             };
@@ -348,7 +357,7 @@ impl Pump {
                 // to what was just written to the TUN.
                 tun_ready = wrote;
             }
-            udp_ready = false;
+            udp_ready = Ready::default();
             if !tun_ready {
                 (tun_ready, udp_ready) = self.tun_wait(self.lanes.busy())?;
             }
@@ -356,9 +365,9 @@ impl Pump {
         Ok(())
     }
 
-    /// Waits until the TUN device (and, while idle, the socket) is
-    /// readable or the lanes change; which of the two are readable.
-    fn tun_wait(&self, busy: bool) -> io::Result<(bool, bool)> {
+    /// Waits until the TUN device (and, while idle, a socket) is readable
+    /// or the lanes change; whether the TUN is, and which sockets are.
+    fn tun_wait(&self, busy: bool) -> io::Result<(bool, Ready)> {
         let set = if busy {
             &self.lanes.busy_set
         } else {
@@ -369,8 +378,12 @@ impl Pump {
         if kicked {
             self.lanes.drain_kick();
         }
-        // After a kick (the lanes changed), look at both.
-        Ok((ready.has(TUN) || kicked, ready.has(UDP) || kicked))
+        // After a kick (the lanes changed), look at everything.
+        Ok(if kicked {
+            (true, Ready::ALL)
+        } else {
+            (ready.has(TUN), ready)
+        })
     }
 
     /// Reads one batch from the TUN device (without waiting) and sends it;
@@ -416,17 +429,41 @@ impl Pump {
         }
     }
 
-    /// Reads one batch from the socket (without waiting) and writes what it
-    /// yields to the TUN; the number of datagrams (0 when nothing was
-    /// queued) and whether anything went to the TUN. With `answer`, reads
-    /// the TUN's answer right after (the TUN thread, which reads it next
-    /// anyway, passes false). Call with the UDP side locked.
-    fn udp_once(&self, side: &mut Option<UdpSide>, answer: bool) -> io::Result<(usize, bool)> {
+    /// Reads one batch from each socket in `ready` (without waiting) and
+    /// writes what they yield to the TUN; the number of datagrams (0 when
+    /// nothing was queued) and whether anything went to the TUN. With
+    /// `answer`, reads the TUN's answer after each write (the TUN thread,
+    /// which reads it next anyway, passes false). Call with the UDP side
+    /// locked.
+    fn udp_once(
+        &self,
+        side: &mut Option<UdpSide>,
+        answer: bool,
+        ready: Ready,
+    ) -> io::Result<(usize, bool)> {
+        let (mut datagrams, mut wrote) = (0, false);
+        for i in 0..self.udp.sockets() {
+            if ready.has(UDP + i as u32) {
+                let (n, w) = self.udp_socket_once(side, answer, i)?;
+                datagrams += n;
+                wrote |= w;
+            }
+        }
+        Ok((datagrams, wrote))
+    }
+
+    /// [`Pump::udp_once`] for socket `index`.
+    fn udp_socket_once(
+        &self,
+        side: &mut Option<UdpSide>,
+        answer: bool,
+        index: usize,
+    ) -> io::Result<(usize, bool)> {
         let UdpSide { rb, out } = side.get_or_insert_with(|| UdpSide {
             rb: RecvBatch::new(&self.udp),
             out: Outputs::default(),
         });
-        match self.udp.recv(rb) {
+        match self.udp.recv(rb, index) {
             Ok(0) => return Ok((0, false)),
             Ok(_) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) => {
@@ -453,15 +490,23 @@ impl Pump {
 
     /// UDP -> core (admit, decrypt, filter) -> TUN, while busy.
     fn udp_loop(&self) -> io::Result<()> {
+        let mut ready = Ready::ALL;
         while !self.stopped() {
             if !self.lanes.busy() {
                 self.lanes.park(STOP_CHECK, &self.stop);
+                ready = Ready::ALL;
                 continue;
             }
-            if self.udp_once(&mut lock(&self.udp_side), true)?.0 == 0
-                && self.lanes.udp_set.wait(IDLE_AFTER)?.is_empty()
-            {
+            let (n, _) = self.udp_once(&mut lock(&self.udp_side), true, ready)?;
+            // Which sockets have more: at once while datagrams flow (every
+            // ready socket gets its turn), else after waiting.
+            ready = self
+                .lanes
+                .udp_set
+                .wait(if n > 0 { Duration::ZERO } else { IDLE_AFTER })?;
+            if n == 0 && ready.is_empty() {
                 self.lanes.to_idle();
+                ready = Ready::ALL;
             }
         }
         Ok(())

@@ -5,16 +5,32 @@
 //! it such a train to cut up. Per-packet system calls, not crypto, bound a
 //! userspace tunnel, so this is where throughput comes from.
 //!
-//! The socket is non-blocking; the data plane threads wait with `poll(2)`.
-//! Scratch space ([`RecvBatch`], [`SendBatch`]) is per thread and reused, so
-//! the steady state allocates nothing.
+//! The socket is non-blocking; the data plane threads wait in epoll sets
+//! ([`crate::waitset`]). Scratch space ([`RecvBatch`], [`SendBatch`]) is per
+//! thread and reused, so the steady state allocates nothing.
+//!
+//! Peer sockets: besides the listening socket, each peer endpoint that a
+//! lone datagram goes to gets its own socket, bound to the same port
+//! (`SO_REUSEPORT`) and connected to the endpoint. An unconnected socket
+//! looks the route up on every send; a connected one keeps it, which saves
+//! 5-6 us per send on an idle tunnel (docs/benchmarks.md, "A fourth
+//! host"). The kernel then delivers that endpoint's datagrams to the
+//! connected socket (an exact match wins over the wildcard), so the packet
+//! threads wait on and read every socket. Peer sockets are made only for
+//! endpoints the core vouches for, at most [`MAX_PEER_SOCKETS`], and live
+//! as long as the node: never closing one while a thread may read it keeps
+//! descriptor numbers from being reused under a reader.
 
+use std::collections::HashMap;
 use std::io;
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+
+use crate::waitset::WaitSet;
 
 /// Datagrams (or GRO trains of up to ~45 datagrams) read per `recvmmsg`:
 /// enough to amortise the call, few enough that the buffers in flight (and
@@ -33,17 +49,41 @@ const GSO_MAX_BYTES: usize = 65_000;
 /// of a batch (WireGuard and TCP above it recover from loss).
 const SEND_WAIT: Duration = Duration::from_millis(100);
 
+/// Socket buffers sized for a few ms of line rate, like wireguard-go.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+/// Peer sockets at most: with the listening socket, 62 members of a wait
+/// set whose tokens are below 64 next to the TUN device and an eventfd.
+/// Endpoints beyond are served by the listening socket, as before.
+pub const MAX_PEER_SOCKETS: usize = 61;
+
 /// Control message space: one `int` (GRO) or one `u16` (GSO), 8-aligned.
 type Cmsg = [u64; 4];
 
-/// The WireGuard socket and what the kernel supports on it.
+/// The WireGuard sockets and what the kernel supports on them.
 #[derive(Debug)]
 pub struct UdpIo {
     sock: UdpSocket,
+    local: SocketAddr,
     /// Dual-stack IPv6 socket: IPv4 peers are addressed as v4-mapped.
     v6: bool,
     gso: AtomicBool,
     gro: bool,
+    /// Socket `i` (0: the listening one, then the peer sockets) by index,
+    /// read without a lock; -1 past the last.
+    fds: [AtomicI32; 1 + MAX_PEER_SOCKETS],
+    peers: Mutex<PeerSockets>,
+    /// Where new peer sockets are watched: the sets, and the listening
+    /// socket's token (socket `i` is watched as that plus `i`).
+    watch: OnceLock<(Vec<Arc<WaitSet>>, u32)>,
+}
+
+/// The peer sockets and which endpoint each is connected to.
+#[derive(Debug, Default)]
+struct PeerSockets {
+    /// Endpoint -> socket index; `None`: none could be made (or the limit
+    /// was reached), use the listening socket.
+    by_dst: HashMap<SocketAddr, Option<usize>>,
+    owned: Vec<OwnedFd>,
 }
 
 impl UdpIo {
@@ -55,12 +95,83 @@ impl UdpIo {
         let gro = offload && setsockopt(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
         let gso = offload && getsockopt(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok();
         tracing::debug!(gro, gso, "udp offloads");
+        let fds = std::array::from_fn(|i| AtomicI32::new(if i == 0 { fd } else { -1 }));
         Ok(Self {
+            local: sock.local_addr()?,
             sock,
             v6,
             gso: AtomicBool::new(gso),
             gro,
+            fds,
+            peers: Mutex::default(),
+            watch: OnceLock::new(),
         })
+    }
+
+    /// Has peer sockets watched in `sets`, socket `i` under `token + i`
+    /// (the listening socket, `i` = 0, the caller adds itself). Until this
+    /// is called no peer socket is made: nothing would read it.
+    pub fn watch_in(&self, sets: Vec<Arc<WaitSet>>, token: u32) {
+        let _ = self.watch.set((sets, token));
+    }
+
+    /// How many sockets there are (the listening one and the peer ones).
+    pub fn sockets(&self) -> usize {
+        self.fds
+            .iter()
+            .position(|f| f.load(Ordering::Acquire) < 0)
+            .unwrap_or(self.fds.len())
+    }
+
+    /// The socket to send a lone datagram to `dst` on: its peer socket,
+    /// made now if `peer` (the core vouches for the endpoint) and there is
+    /// room; `None` for the listening socket.
+    fn peer_fd(&self, dst: SocketAddr, peer: bool) -> Option<RawFd> {
+        let mut p = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = match p.by_dst.get(&dst) {
+            Some(&i) => i,
+            // Not vouched for, or not watched yet: nothing to remember.
+            None if !peer || self.watch.get().is_none() => return None,
+            None => {
+                let i = self.add_peer_socket(&mut p, dst);
+                p.by_dst.insert(dst, i);
+                i
+            }
+        };
+        index.map(|i| self.fds[i].load(Ordering::Acquire))
+    }
+
+    fn add_peer_socket(&self, p: &mut PeerSockets, dst: SocketAddr) -> Option<usize> {
+        let (sets, token) = self.watch.get()?;
+        let i = p.owned.len() + 1;
+        if i > MAX_PEER_SOCKETS {
+            if i == MAX_PEER_SOCKETS + 1 {
+                tracing::info!(
+                    limit = MAX_PEER_SOCKETS,
+                    "peer sockets at their limit; further endpoints use the listening socket"
+                );
+            }
+            return None;
+        }
+        let made = connected_socket(self.local, dst, self.gro).and_then(|fd| {
+            for set in sets {
+                set.add(fd.as_raw_fd(), token + i as u32)?;
+            }
+            Ok(fd)
+        });
+        match made {
+            Ok(fd) => {
+                tracing::debug!(endpoint = %from_v6(dst), socket = i, "peer socket");
+                self.fds[i].store(fd.as_raw_fd(), Ordering::Release);
+                p.owned.push(fd);
+                Some(i)
+            }
+            Err(e) => {
+                // Once per endpoint: it stays on the listening socket.
+                tracing::debug!(endpoint = %from_v6(dst), error = %e, "no peer socket");
+                None
+            }
+        }
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -76,15 +187,24 @@ impl UdpIo {
         self.sock.as_raw_fd()
     }
 
-    /// Reads what is queued (without waiting) into `b`; returns the number
-    /// of messages, 0 when nothing was queued.
-    pub fn recv(&self, b: &mut RecvBatch) -> io::Result<usize> {
+    /// Reads what is queued on socket `index` (without waiting) into `b`;
+    /// returns the number of messages, 0 when nothing was queued (or there
+    /// is no such socket).
+    pub fn recv(&self, b: &mut RecvBatch, index: usize) -> io::Result<usize> {
+        let fd = self
+            .fds
+            .get(index)
+            .map_or(-1, |f| f.load(Ordering::Acquire));
+        if fd < 0 {
+            return Ok(0);
+        }
         b.prepare();
         // SAFETY: every header points into `b`'s buffers, which outlive
-        // the call and are not moved during it.
+        // the call and are not moved during it; `fd` stays open as long as
+        // `self` (peer sockets are never closed before).
         let n = unsafe {
             libc::recvmmsg(
-                self.sock.as_raw_fd(),
+                fd,
                 b.hdrs.as_mut_ptr(),
                 b.hdrs.len() as libc::c_uint,
                 libc::MSG_DONTWAIT,
@@ -102,23 +222,25 @@ impl UdpIo {
         Ok(b.got.len())
     }
 
-    /// Sends datagrams in order; each `(dst, payload)` is one datagram. Runs
+    /// Sends datagrams in order; each `(dst, payload, peer)` is one
+    /// datagram, `peer` when `dst` is an endpoint the core vouches for. Runs
     /// of equal-sized datagrams to one destination go out as one GSO send.
     /// Per-destination errors are logged and skipped.
     pub fn send<'a, I>(&self, b: &mut SendBatch, datagrams: I)
     where
-        I: IntoIterator<Item = (SocketAddr, &'a [u8])>,
+        I: IntoIterator<Item = (SocketAddr, &'a [u8], bool)>,
     {
         b.clear();
         let mut datagrams = datagrams.into_iter();
         let first = datagrams.next();
         let second = datagrams.next();
-        if let (Some((dst, payload)), None) = (first, second.as_ref()) {
-            // One datagram (interactive traffic): a plain sendto, without
-            // building a batch: less code and memory touched on a cold cache.
-            return self.send_one(if self.v6 { to_v6(dst) } else { dst }, payload);
+        if let (Some((dst, payload, peer)), None) = (first, second.as_ref()) {
+            // One datagram (interactive traffic): a plain send, without
+            // building a batch: less code and memory touched on a cold
+            // cache; on the peer's connected socket, without a route lookup.
+            return self.send_one(if self.v6 { to_v6(dst) } else { dst }, payload, peer);
         }
-        for (dst, payload) in first.into_iter().chain(second).chain(datagrams) {
+        for (dst, payload, _) in first.into_iter().chain(second).chain(datagrams) {
             b.dsts.push(if self.v6 { to_v6(dst) } else { dst });
             b.iovs.push(libc::iovec {
                 iov_base: payload.as_ptr() as *mut libc::c_void,
@@ -141,20 +263,30 @@ impl UdpIo {
         }
     }
 
-    fn send_one(&self, dst: SocketAddr, payload: &[u8]) {
+    fn send_one(&self, dst: SocketAddr, payload: &[u8], peer: bool) {
         // SAFETY: plain old data; all-zero is valid.
         let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let namelen = to_sockaddr(dst, &mut name);
-        let fd = self.sock.as_raw_fd();
+        let (fd, namelen) = match self.peer_fd(dst, peer) {
+            // Connected: no address, the socket's cached route.
+            Some(fd) => (fd, 0),
+            None => (self.sock.as_raw_fd(), to_sockaddr(dst, &mut name)),
+        };
+        let name_ptr = if namelen == 0 {
+            std::ptr::null()
+        } else {
+            (&name as *const libc::sockaddr_storage).cast()
+        };
+        let mut refused = false;
         loop {
-            // SAFETY: the payload and the address live across the call.
+            // SAFETY: the payload and the address live across the call;
+            // `fd` stays open as long as `self`.
             let n = unsafe {
                 libc::sendto(
                     fd,
                     payload.as_ptr().cast(),
                     payload.len(),
                     libc::MSG_DONTWAIT,
-                    (&name as *const libc::sockaddr_storage).cast(),
+                    name_ptr,
                     namelen,
                 )
             };
@@ -168,12 +300,37 @@ impl UdpIo {
                     tracing::debug!("udp send buffer full; datagram dropped");
                     return;
                 }
+                // A peer socket reports an ICMP error that an earlier
+                // datagram drew (the peer was down a moment) on the next
+                // send, once, and sends nothing: send again.
+                Stall::Failed
+                    if namelen == 0 && !refused && e.raw_os_error() == Some(libc::ECONNREFUSED) =>
+                {
+                    refused = true;
+                }
+                Stall::Failed if namelen == 0 => {
+                    // Anything else (the local address it was bound to is
+                    // gone, say): this endpoint goes back to the listening
+                    // socket, which picks a source address per send.
+                    self.demote(dst, &e);
+                    return self.send_one(dst, payload, false);
+                }
                 Stall::Failed => {
                     tracing::debug!(endpoint = %from_v6(dst), error = %e, "udp send failed");
                     return;
                 }
             }
         }
+    }
+
+    /// Stops sending to `dst` on its peer socket (which still receives).
+    fn demote(&self, dst: SocketAddr, e: &io::Error) {
+        tracing::debug!(endpoint = %from_v6(dst), error = %e, "peer socket failed; using the listening socket");
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_dst
+            .insert(dst, None);
     }
 
     /// Sends datagrams `from..`; on a GSO failure returns the index of the
@@ -514,6 +671,99 @@ pub fn from_v6(a: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Binds a UDP socket to `addr` with `SO_REUSEPORT`, so that peer sockets
+/// can share its port. The caller checks first, with a plain bind, that
+/// no other process holds the port: once it is ours, such a bind fails.
+pub fn bind_shared(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let fd = new_socket(addr)?;
+    bind_fd(&fd, addr)?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// A non-blocking UDP socket for `addr`'s family (dual-stack for IPv6)
+/// with `SO_REUSEPORT` and large buffers.
+fn new_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain system call; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if addr.is_ipv6() {
+        setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    }
+    setsockopt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    set_buffers(raw);
+    Ok(fd)
+}
+
+fn bind_fd(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    with_sockaddr(fd, addr, libc::bind)
+}
+
+/// Calls `f` (`bind` or `connect`) on `fd` with `addr`.
+fn with_sockaddr(
+    fd: &OwnedFd,
+    addr: SocketAddr,
+    f: unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: plain old data; all-zero is valid.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = to_sockaddr(addr, &mut name);
+    // SAFETY: a valid descriptor and an address of `len` bytes.
+    let rc = unsafe {
+        f(
+            fd.as_raw_fd(),
+            (&name as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A peer socket: bound to `local` (the listening socket's address and
+/// port) and connected to `dst`, with GRO like the listening socket.
+fn connected_socket(local: SocketAddr, dst: SocketAddr, gro: bool) -> io::Result<OwnedFd> {
+    let fd = new_socket(local)?;
+    bind_fd(&fd, local)?;
+    with_sockaddr(&fd, dst, libc::connect)?;
+    if gro {
+        setsockopt(fd.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1)?;
+    }
+    Ok(fd)
+}
+
+/// Large socket buffers absorb bursts; the FORCE variants (we hold
+/// CAP_NET_ADMIN anyway, for the TUN) go past `net.core.rmem_max`.
+pub fn set_buffers(fd: RawFd) {
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err()
+            && let Err(e) = setsockopt(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER)
+        {
+            tracing::debug!(error = %e, "setting socket buffer size");
+        }
+    }
+}
+
 /// Waits for `events` on `fd`; false on timeout or a signal (callers
 /// loop or give up anyway).
 pub fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
@@ -582,6 +832,7 @@ fn getsockopt(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> io::Result<lib
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::waitset::Ready;
 
     #[test]
     fn mapped_addresses_roundtrip() {
@@ -590,6 +841,104 @@ mod tests {
         assert_eq!(from_v6(to_v6(a)), a);
         let b: SocketAddr = "[fd00::1]:1".parse().unwrap();
         assert_eq!(from_v6(b), b);
+    }
+
+    /// A listening socket on loopback, as the node binds it.
+    fn loopback_io() -> UdpIo {
+        UdpIo::new(
+            bind_shared("127.0.0.1:0".parse().unwrap()).unwrap(),
+            false,
+            true,
+        )
+        .unwrap()
+    }
+
+    /// A lone datagram to a peer endpoint leaves on a socket connected to
+    /// it, from the listening socket's port; that endpoint's answers arrive
+    /// on it, anyone else's on the listening socket, and an address the
+    /// core does not vouch for gets no socket.
+    #[test]
+    fn peer_endpoints_get_a_connected_socket_that_receives_their_answers() {
+        let a = loopback_io();
+        let a_addr = a.local_addr().unwrap();
+        let set = Arc::new(WaitSet::new().unwrap());
+        set.add(a.fd(), 2).unwrap();
+        let mut batch = SendBatch::default();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        // Not watched yet: nothing would read a peer socket, so none is made.
+        a.send(&mut batch, [(peer_addr, &b"early"[..], true)]);
+        assert_eq!(a.sockets(), 1);
+        a.watch_in(vec![set.clone()], 2);
+        a.send(&mut batch, [(peer_addr, &b"hello"[..], true)]);
+        a.send(&mut batch, [(peer_addr, &b"again"[..], true)]);
+        assert_eq!(a.sockets(), 2, "one socket per endpoint");
+        let mut buf = [0u8; 64];
+        for want in [&b"early"[..], b"hello", b"again"] {
+            let (n, from) = peer.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (want, a_addr), "same source port");
+        }
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.send_to(b"answer", a_addr).unwrap();
+        stranger.send_to(b"other", a_addr).unwrap();
+        let mut ready = Ready::default();
+        for _ in 0..50 {
+            ready = set.wait(Duration::from_millis(100)).unwrap();
+            if ready.has(2) && ready.has(3) {
+                break;
+            }
+        }
+        assert!(
+            ready.has(2) && ready.has(3),
+            "both sockets readable: {ready:?}"
+        );
+        let mut rb = RecvBatch::new(&a);
+        let mut got = Vec::new();
+        for index in [1, 0] {
+            assert_eq!(a.recv(&mut rb, index).unwrap(), 1);
+            rb.for_each(|from, d| got.push((index, from, d.to_vec())));
+        }
+        let stranger_addr = stranger.local_addr().unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (1, peer_addr, b"answer".to_vec()),
+                (0, stranger_addr, b"other".to_vec())
+            ]
+        );
+        a.send(&mut batch, [(stranger_addr, &b"reply"[..], false)]);
+        assert_eq!(a.sockets(), 2, "no socket for an address not vouched for");
+        assert_eq!(a.recv(&mut rb, 7).unwrap(), 0, "no such socket");
+    }
+
+    /// A peer that was down drew an ICMP error, which its connected socket
+    /// reports on the next send: that datagram is sent again, and the
+    /// endpoint keeps its socket.
+    #[test]
+    fn a_refused_endpoint_keeps_its_socket_and_loses_no_datagram() {
+        let a = loopback_io();
+        let set = Arc::new(WaitSet::new().unwrap());
+        a.watch_in(vec![set], 2);
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dst = closed.local_addr().unwrap();
+        drop(closed);
+        let mut batch = SendBatch::default();
+        a.send(&mut batch, [(dst, &b"into the void"[..], true)]);
+        // The port unreachable comes back at once on loopback.
+        std::thread::sleep(Duration::from_millis(50));
+        let back = UdpSocket::bind(dst).unwrap();
+        back.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        a.send(&mut batch, [(dst, &b"after the error"[..], true)]);
+        let mut buf = [0u8; 64];
+        let n = back.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"after the error");
+        let p = a.peers.lock().unwrap();
+        assert_eq!(
+            p.by_dst.get(&dst),
+            Some(&Some(1)),
+            "still on its peer socket"
+        );
     }
 
     /// A lone datagram takes the plain `sendto` path, a batch the `sendmmsg`
@@ -601,9 +950,9 @@ mod tests {
         let dst = rx.local_addr().unwrap();
         let tx = UdpIo::new(UdpSocket::bind("127.0.0.1:0").unwrap(), false, true).unwrap();
         let mut batch = SendBatch::default();
-        tx.send(&mut batch, [(dst, &b"one"[..])]);
+        tx.send(&mut batch, [(dst, &b"one"[..], false)]);
         let many: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1200]).collect();
-        tx.send(&mut batch, many.iter().map(|p| (dst, &p[..])));
+        tx.send(&mut batch, many.iter().map(|p| (dst, &p[..], true)));
         let mut buf = [0u8; 2048];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"one");

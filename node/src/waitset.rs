@@ -16,6 +16,9 @@ use std::time::Duration;
 pub struct Ready(u64);
 
 impl Ready {
+    /// Every token: "look at everything" (after a wakeup that names none).
+    pub const ALL: Ready = Ready(u64::MAX);
+
     pub fn has(self, token: u32) -> bool {
         self.0 & (1 << token) != 0
     }
@@ -45,8 +48,9 @@ impl WaitSet {
     }
 
     /// Adds `fd` (watched for readability) under `token`. The caller keeps
-    /// `fd` open as long as the set is used; closing it removes it.
-    pub fn add(&mut self, fd: RawFd, token: u32) -> io::Result<()> {
+    /// `fd` open as long as the set is used; closing it removes it. Safe
+    /// while another thread waits on the set (it sees `fd` at once).
+    pub fn add(&self, fd: RawFd, token: u32) -> io::Result<()> {
         if token >= 64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -68,7 +72,8 @@ impl WaitSet {
     /// Waits at most `timeout` until a member is readable (or in error,
     /// which a read then reports); an empty set on timeout or a signal.
     pub fn wait(&self, timeout: Duration) -> io::Result<Ready> {
-        // Our sets hold three members; more would be reported next call.
+        // Members beyond these, if ready, are reported by the next call
+        // (level-triggered).
         const MAX: usize = 8;
         let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; MAX];
@@ -128,7 +133,7 @@ mod tests {
     #[test]
     fn reports_exactly_the_readable_members_until_they_are_drained() {
         let (a, b, c) = (eventfd(), eventfd(), eventfd());
-        let mut set = WaitSet::new().unwrap();
+        let set = WaitSet::new().unwrap();
         set.add(a.as_raw_fd(), 0).unwrap();
         set.add(b.as_raw_fd(), 5).unwrap();
         set.add(c.as_raw_fd(), 63).unwrap();
@@ -147,7 +152,7 @@ mod tests {
     #[test]
     fn a_token_that_does_not_fit_the_bit_set_is_refused() {
         let a = eventfd();
-        let mut set = WaitSet::new().unwrap();
+        let set = WaitSet::new().unwrap();
         let e = set.add(a.as_raw_fd(), 64).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert!(set.add(-1, 1).is_err(), "a bad descriptor is an error");
