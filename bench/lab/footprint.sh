@@ -5,7 +5,7 @@
 #   footprint.sh IMPL [N]     IMPL is segmesh or boringtun-1t; N pings
 #                             (200, 50 ms apart: valgrind slows the daemons)
 #
-# Both daemons run under valgrind; the logs stay in $LAB_DIR/footprint
+# Both daemons run under valgrind; the logs stay in $LAB_DIR-footprint
 # (large: ~100 MB per daemon; the next run replaces them) for footprint.py
 # --syms. Prints one table per
 # daemon (node A pings, node B answers). Needs valgrind (apt).

@@ -382,7 +382,7 @@ impl Pump {
         Ok(if kicked {
             (true, Ready::ALL)
         } else {
-            (ready.has(TUN), ready)
+            (ready.has(TUN), ready.from_token(UDP))
         })
     }
 

@@ -23,6 +23,11 @@ impl Ready {
         self.0 & (1 << token) != 0
     }
 
+    /// Only the tokens `first` and above.
+    pub fn from_token(self, first: u32) -> Ready {
+        Ready(self.0 & (u64::MAX << first))
+    }
+
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -142,6 +147,9 @@ mod tests {
         signal(&c);
         let r = set.wait(Duration::from_secs(5)).unwrap();
         assert!(!r.has(0) && r.has(5) && r.has(63));
+        let high = r.from_token(6);
+        assert!(!high.has(5) && high.has(63));
+        assert!(r.from_token(0) == r && Ready::ALL.from_token(63).has(63));
         // Level-triggered: still ready while unread.
         assert_eq!(set.wait(Duration::ZERO).unwrap(), r);
         drain(&b);
