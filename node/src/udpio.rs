@@ -84,6 +84,8 @@ struct PeerSockets {
     /// was reached), use the listening socket.
     by_dst: HashMap<SocketAddr, Option<usize>>,
     owned: Vec<OwnedFd>,
+    /// The limit was reached (and said so, once).
+    full: bool,
 }
 
 impl UdpIo {
@@ -145,7 +147,7 @@ impl UdpIo {
         let (sets, token) = self.watch.get()?;
         let i = p.owned.len() + 1;
         if i > MAX_PEER_SOCKETS {
-            if i == MAX_PEER_SOCKETS + 1 {
+            if !std::mem::replace(&mut p.full, true) {
                 tracing::info!(
                     limit = MAX_PEER_SOCKETS,
                     "peer sockets at their limit; further endpoints use the listening socket"
@@ -910,6 +912,34 @@ mod tests {
         a.send(&mut batch, [(stranger_addr, &b"reply"[..], false)]);
         assert_eq!(a.sockets(), 2, "no socket for an address not vouched for");
         assert_eq!(a.recv(&mut rb, 7).unwrap(), 0, "no such socket");
+    }
+
+    /// Past the limit an endpoint is served by the listening socket, and
+    /// its datagrams still arrive.
+    #[test]
+    fn endpoints_beyond_the_limit_use_the_listening_socket() {
+        let a = loopback_io();
+        let set = Arc::new(WaitSet::new().unwrap());
+        a.watch_in(vec![set], 2);
+        let mut batch = SendBatch::default();
+        // One endpoint per socket the limit allows.
+        let ports: Vec<UdpSocket> = (0..MAX_PEER_SOCKETS)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for p in &ports {
+            a.send(&mut batch, [(p.local_addr().unwrap(), &b"x"[..], true)]);
+        }
+        assert_eq!(a.sockets(), 1 + MAX_PEER_SOCKETS);
+        let last = UdpSocket::bind("127.0.0.1:0").unwrap();
+        last.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let last_addr = last.local_addr().unwrap();
+        a.send(&mut batch, [(last_addr, &b"beyond"[..], true)]);
+        assert_eq!(a.sockets(), 1 + MAX_PEER_SOCKETS);
+        let mut buf = [0u8; 16];
+        let (n, from) = last.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"beyond"[..], a.local_addr().unwrap()));
+        let p = a.peers.lock().unwrap();
+        assert!(p.full && p.by_dst.get(&last_addr) == Some(&None));
     }
 
     /// A peer that was down drew an ICMP error, which its connected socket
