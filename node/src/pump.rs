@@ -441,51 +441,39 @@ impl Pump {
         answer: bool,
         ready: Ready,
     ) -> io::Result<(usize, bool)> {
-        let (mut datagrams, mut wrote) = (0, false);
-        for i in 0..self.udp.sockets() {
-            if ready.has(UDP + i as u32) {
-                let (n, w) = self.udp_socket_once(side, answer, i)?;
-                datagrams += n;
-                wrote |= w;
-            }
-        }
-        Ok((datagrams, wrote))
-    }
-
-    /// [`Pump::udp_once`] for socket `index`.
-    fn udp_socket_once(
-        &self,
-        side: &mut Option<UdpSide>,
-        answer: bool,
-        index: usize,
-    ) -> io::Result<(usize, bool)> {
         let UdpSide { rb, out } = side.get_or_insert_with(|| UdpSide {
             rb: RecvBatch::new(&self.udp),
             out: Outputs::default(),
         });
-        match self.udp.recv(rb, index) {
-            Ok(0) => return Ok((0, false)),
-            Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) => {
-                return Err(e);
+        let (mut datagrams, mut wrote) = (0, false);
+        for i in (0..self.udp.sockets()).filter(|&i| ready.has(UDP + i as u32)) {
+            match self.udp.recv(rb, i) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) => {
+                    return Err(e);
+                }
+                // ICMP errors from old endpoints surface here; not fatal.
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive");
+                    datagrams += 1;
+                    continue;
+                }
             }
-            // ICMP errors from old endpoints surface here; not fatal.
-            Err(e) => {
-                tracing::debug!(error = %e, "udp receive");
-                return Ok((1, false));
+            {
+                let mut core = self.shared.lock();
+                let now = now();
+                rb.for_each(|from, d| core.handle_udp(now, from, d));
+                out.exchange(&mut core, &self.events);
             }
+            let w = out.flush(&self.udp, &self.tun);
+            if w && answer {
+                self.tun_answer();
+            }
+            datagrams += rb.datagrams();
+            wrote |= w;
         }
-        {
-            let mut core = self.shared.lock();
-            let now = now();
-            rb.for_each(|from, d| core.handle_udp(now, from, d));
-            out.exchange(&mut core, &self.events);
-        }
-        let wrote = out.flush(&self.udp, &self.tun);
-        if wrote && answer {
-            self.tun_answer();
-        }
-        Ok((rb.datagrams(), wrote))
+        Ok((datagrams, wrote))
     }
 
     /// UDP -> core (admit, decrypt, filter) -> TUN, while busy.
