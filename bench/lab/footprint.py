@@ -19,7 +19,7 @@ host's noise.
 
 --syms lists, for the median pass of PATTERN (system call names separated
 by spaces, as printed), the distinct code lines per function of BIN loaded
-at BASE (hex; valgrind loads a position-independent binary at 0x108000).
+at BASE, then the distinct data lines per function that touched them first (hex; valgrind loads a position-independent binary at 0x108000).
 """
 import bisect
 import collections
@@ -102,16 +102,25 @@ def symbols(path, binary, base, want):
     if not found:
         sys.exit('no pass with the system calls: ' + want)
     found.sort(key=lambda acc: counts(acc)[1])
-    lines = collections.defaultdict(set)
+    code = collections.defaultdict(set)
+    data = collections.defaultdict(set)
+    seen = set()
+    name = '?'
     for k, a in found[len(found) // 2]:
         if k != 'I':
+            # A data line is charged to the function that touched it first.
+            if a >> 6 not in seen:
+                seen.add(a >> 6)
+                data[name].add(a >> 6)
             continue
         i = bisect.bisect_right(starts, a) - 1
         name = syms[i][1] if i >= 0 and a - starts[i] < 1 << 20 else 'outside the binary'
-        lines[name].add(a >> 6)
-    print('median pass of %d: %d code lines' % (len(found), sum(len(v) for v in lines.values())))
-    for name, v in sorted(lines.items(), key=lambda kv: -len(kv[1])):
-        print('%5d %s' % (len(v), name[:110]))
+        code[name].add(a >> 6)
+    for what, lines in (('code', code), ('data', data)):
+        print('median pass of %d: %d %s lines' % (
+            len(found), sum(len(v) for v in lines.values()), what))
+        for name, v in sorted(lines.items(), key=lambda kv: -len(kv[1])):
+            print('%5d %s' % (len(v), name[:110]))
 
 
 def main(argv):

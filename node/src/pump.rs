@@ -148,8 +148,9 @@ pub(crate) struct UdpSide {
     out: Outputs,
 }
 
-// SAFETY: the receive batch's raw pointers are rebuilt before every
-// `recvmmsg` and only read during it, under the UDP side's lock.
+// SAFETY: the receive batch's raw pointers point into its own heap
+// buffers (never resized) and are only used by `recvmmsg`, under the UDP
+// side's lock.
 unsafe impl Send for UdpSide {}
 
 /// Whether the UDP socket has its own thread (busy) or is served by the
