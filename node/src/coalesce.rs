@@ -214,6 +214,25 @@ impl Coalescer {
     }
 }
 
+/// The virtio header for one packet written on its own (interactive
+/// traffic), with its checksum made partial as [`Coalescer::plan`] does for
+/// a batch of one, without the planner's bookkeeping: fewer cache lines
+/// touched per packet after an idle gap.
+pub fn lone(p: &mut [u8]) -> [u8; VNET_HDR_LEN] {
+    let mut w = Write {
+        head: 0,
+        vnet: [0; VNET_HDR_LEN],
+        skip: 0,
+        segments: 1,
+        tail: 0,
+        len: p.len(),
+        psh: false,
+        tcp: tcp(p),
+    };
+    finish(&mut w, p);
+    w.vnet
+}
+
 /// Parses a TCP packet (no IPv6 extension headers, not a fragment).
 fn tcp(p: &[u8]) -> Option<Tcp> {
     let (v6, iph) = l4(p, PROTO_TCP)?;
@@ -631,9 +650,44 @@ mod tests {
         assert_eq!((writes[2].vnet, &packets[2]), ([0; 10], &icmp));
         assert_eq!(writes[3].vnet[..2], [F_NEEDS_CSUM, 0]);
         assert_eq!(complete(&writes[3], packets[3].clone()), syn);
+        // Written alone, each gets the same header and bytes.
+        for (w, (planned, orig)) in writes
+            .iter()
+            .zip(packets.iter().zip([with_sum, without, icmp, syn]))
+        {
+            let mut p = orig;
+            assert_eq!((lone(&mut p), &p), (w.vnet, planned));
+        }
     }
 
     proptest! {
+        /// A packet written alone gets what a batch of one would: the same
+        /// virtio header and the same patched bytes (any bytes, any TCP).
+        #[test]
+        fn a_lone_packet_is_planned_like_a_batch_of_one(
+            garbage in proptest::collection::vec(any::<u8>(), 0..80),
+            step in 0u32..6,
+            len in 0usize..1400,
+            flags in any::<u8>(),
+            v6 in any::<bool>(),
+            which in 0u8..2,
+        ) {
+            let p = if which == 0 {
+                garbage
+            } else {
+                let (a, b) = if v6 { (A6, B6) } else { (A4, B4) };
+                let mut s = seg(a, b, step * 1000, len);
+                s.flags = flags;
+                build(&s)
+            };
+            let mut batch = vec![p.clone()];
+            let mut c = Coalescer::default();
+            c.plan(&mut batch);
+            let mut alone = p;
+            let vnet = lone(&mut alone);
+            prop_assert_eq!((vnet, &alone), (c.writes()[0].vnet, &batch[0]));
+        }
+
         /// Any bytes: no panic, and every packet is written exactly once,
         /// each flow's packets in their original order.
         #[test]

@@ -149,8 +149,17 @@ impl TunIo {
             }
             return;
         }
-        let TunWrite { plan, iovs } = b;
         let fd = self.dev.as_raw_fd();
+        if let [p] = packets {
+            // One packet (interactive traffic): no planning, no batch.
+            let vnet = crate::coalesce::lone(p);
+            let iovs = [iovec(&vnet), iovec(p)];
+            // SAFETY: the iovecs point into `vnet` and `p`, both alive and
+            // unchanged for the duration of the call.
+            let n = unsafe { libc::writev(fd, iovs.as_ptr(), 2) };
+            return self.wrote(n, 1);
+        }
+        let TunWrite { plan, iovs } = b;
         plan.plan(packets);
         for w in plan.writes() {
             iovs.clear();
@@ -159,12 +168,17 @@ impl TunIo {
             // SAFETY: the iovecs point into `w` and `packets`, both alive
             // and unchanged for the duration of the call.
             let n = unsafe { libc::writev(fd, iovs.as_ptr(), iovs.len() as libc::c_int) };
-            if n < 0 {
-                self.write_failed(&io::Error::last_os_error(), w.segments);
-            } else {
-                Self::count(&self.counters.writes, 1);
-                Self::count(&self.counters.packets_written, w.segments);
-            }
+            self.wrote(n, w.segments);
+        }
+    }
+
+    /// Counts a write of `segments` packets that returned `n`.
+    fn wrote(&self, n: isize, segments: usize) {
+        if n < 0 {
+            self.write_failed(&io::Error::last_os_error(), segments);
+        } else {
+            Self::count(&self.counters.writes, 1);
+            Self::count(&self.counters.packets_written, segments);
         }
     }
 }
