@@ -11,6 +11,9 @@
 #   lab.sh ab R N BIN...    R rounds of N pings for each segmesh-node binary
 #                           (and boringtun-1t when BT=1), interleaved, the
 #                           order reversed every other round
+#   lab.sh coldmem          coldmem.c: what one cache line costs after a
+#                           10 ms idle gap, on a page the TLB still maps or
+#                           on a fresh one, 4 KiB or 2 MiB pages (gcc)
 #   lab.sh coldsend [R]     R runs (3) of coldsend.c on the bare veth: the
 #                           cost of one UDP send 10 ms after the last, from
 #                           a connected and an unconnected socket (gcc)
@@ -93,6 +96,12 @@ ab() {
     down
 }
 
+coldmem() {
+    mkdir -p "$LAB"
+    gcc -O2 -Wall -o "$LAB/coldmem" "$HERE/coldmem.c"
+    "$LAB/coldmem"
+}
+
 coldsend() {
     local bin=$LAB/coldsend rx i
     down
@@ -118,6 +127,7 @@ case $cmd in
     pids) pids ;;
     rtt) rtt "$@" ;;
     ab) ab "$@" ;;
+    coldmem) coldmem ;;
     coldsend) coldsend "$@" ;;
-    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
