@@ -214,11 +214,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         wake: tokio::sync::Notify::new(),
         tun: tun.clone(),
     });
-    let ctl_path = cfg
-        .control_socket
-        .clone()
-        .unwrap_or_else(|| ctlsock::default_path(cfg.interface.as_str()));
-    let ctl = unixsock::bind_private(&ctl_path).context("control socket")?;
+    // The UAPI socket first: the control socket appearing is what tools
+    // (and the tests) take as "the node is up", so it comes last.
     let uapi_path = uapi::socket_path(cfg.interface.as_str());
     let uapi_listener = match unixsock::bind_private(&uapi_path) {
         Ok(l) => Some(l),
@@ -227,6 +224,11 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             None
         }
     };
+    let ctl_path = cfg
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| ctlsock::default_path(cfg.interface.as_str()));
+    let ctl = unixsock::bind_private(&ctl_path).context("control socket")?;
     let flowlog = match &cfg.flow_log {
         Some(p) => Some(FlowLog::open(p, FlowLogLimits::default())?),
         None => None,
