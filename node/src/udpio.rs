@@ -895,6 +895,13 @@ mod tests {
     }
 
     /// A listening socket on loopback, as the node binds it.
+    /// A loopback socket whose peer sockets are watched (so made).
+    fn watched_io() -> UdpIo {
+        let a = loopback_io();
+        a.watch_in(vec![Arc::new(WaitSet::new().unwrap())], 2);
+        a
+    }
+
     fn loopback_io() -> UdpIo {
         UdpIo::new(
             bind_shared("127.0.0.1:0".parse().unwrap()).unwrap(),
@@ -967,9 +974,7 @@ mod tests {
     /// its datagrams still arrive.
     #[test]
     fn endpoints_beyond_the_limit_use_the_listening_socket() {
-        let a = loopback_io();
-        let set = Arc::new(WaitSet::new().unwrap());
-        a.watch_in(vec![set], 2);
+        let a = watched_io();
         let mut batch = SendBatch::default();
         // One endpoint per socket the limit allows.
         let ports: Vec<UdpSocket> = (0..MAX_PEER_SOCKETS)
@@ -996,9 +1001,7 @@ mod tests {
     /// endpoint keeps its socket.
     #[test]
     fn a_refused_endpoint_keeps_its_socket_and_loses_no_datagram() {
-        let a = loopback_io();
-        let set = Arc::new(WaitSet::new().unwrap());
-        a.watch_in(vec![set], 2);
+        let a = watched_io();
         let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
         let dst = closed.local_addr().unwrap();
         drop(closed);
@@ -1020,13 +1023,9 @@ mod tests {
         );
     }
 
-    /// A lone datagram takes the plain `sendto` path, a batch the `sendmmsg`
-    /// path (GSO on loopback); both arrive whole and in order.
     #[test]
     fn a_demoted_endpoint_leaves_the_cached_peer_socket() {
-        let a = loopback_io();
-        let set = Arc::new(WaitSet::new().unwrap());
-        a.watch_in(vec![set], 2);
+        let a = watched_io();
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let dst = peer.local_addr().unwrap();
@@ -1079,6 +1078,8 @@ mod tests {
         assert_eq!(got, want, "GRO (on: {gro}) trains cut back into datagrams");
     }
 
+    /// A lone datagram takes the plain `sendto` path, a batch the `sendmmsg`
+    /// path (GSO on loopback); both arrive whole and in order.
     #[test]
     fn single_datagrams_and_batches_arrive_in_order() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
