@@ -19,7 +19,10 @@
 #                           a connected and an unconnected socket (gcc)
 #
 # Env: MB_BENCH (the harness, /work/shared/bench), SEGMESH_BIN (the node
-# binary, target/release/segmesh-node), LAB_DIR (state, /tmp/segmesh-lab).
+# binary, target/release/segmesh-node), LAB_DIR (state, /tmp/segmesh-lab),
+# LAB_UP_WAIT (seconds `up` waits for the first ping, 30; footprint.sh
+# gives 120, since a handshake under valgrind can take longer on a slow host),
+# LAB_FIRST (a or b: which node pings first, so starts the handshake; a).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -48,7 +51,11 @@ up() {
     source "$f"
     impl_install
     impl_up
-    wait_until 30 in_a ping -n -c 1 -W 1 "$OVER_B" || die "no ping through the tunnel"
+    if [ "${LAB_FIRST:-a}" = b ]; then
+        # B's first ping makes B the handshake's initiator.
+        wait_until "${LAB_UP_WAIT:-30}" in_b ping -n -c 1 -W 1 "$OVER_A" || die "no ping from B"
+    fi
+    wait_until "${LAB_UP_WAIT:-30}" in_a ping -n -c 1 -W 1 "$OVER_B" || die "no ping through the tunnel"
     wait_until 10 in_b ping -n -c 1 -W 1 "$OVER_A" || die "no ping back"
     echo "up: $impl (logs in $WORK)"
 }
