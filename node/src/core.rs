@@ -21,9 +21,9 @@ use segmesh_config::{NetMap, NetMapError, NodeName, PublicKey};
 
 use crate::filter::{Decision, Filter};
 use crate::packet::{self, FlowKey, Packet};
-use crate::peers::{PeerDiff, PeerState, PeerTable};
+use crate::peers::{PeerDiff, PeerState, PeerTable, Slot};
 use crate::status::{Direction, DropCounters, DropReason, FlowRecord, Verdict};
-use crate::tunn::Output;
+use crate::tunn::{MSG_DATA, Output};
 
 /// How often WireGuard timers run (boringtun's device uses the same).
 const TICK: Duration = Duration::from_millis(250);
@@ -293,16 +293,74 @@ impl Node {
 
     /// A packet read from the TUN device: route, filter, encrypt.
     pub fn handle_tun(&mut self, now: Instant, frame: &[u8]) {
+        let Some(slot) = self.outbound(now, frame) else {
+            return;
+        };
+        let mut buf = self.io.buf((frame.len() + WG_OVERHEAD).max(MIN_BUF));
+        let Some(peer) = self.peers.slot_mut(slot) else {
+            return self.io.recycle(buf);
+        };
+        let out = peer.tunnel.encapsulate(now, frame, &mut buf);
+        Self::encapsulated(&mut self.io, peer, out, buf);
+    }
+
+    /// [`Node::handle_tun`] for a packet read alone (interactive traffic):
+    /// when the result is one data message to the peer, it is left in
+    /// `out` and returned as (endpoint, length) for the caller to send at
+    /// once; anything else is queued as `handle_tun` queues it. A lone
+    /// packet then skips the output queues, the buffer pool and the
+    /// caller's draining, tens of cache lines that an idle tunnel's packet
+    /// finds cold.
+    pub fn handle_tun_lone(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<(SocketAddr, usize)> {
+        let slot = self.outbound(now, frame)?;
+        let peer = self.peers.slot_mut(slot)?;
+        let need = (frame.len() + WG_OVERHEAD).max(MIN_BUF);
+        if out.len() < need {
+            out.resize(need, 0);
+        }
+        match peer.tunnel.encapsulate(now, frame, out) {
+            Output::Network(n) if out[0] == MSG_DATA && peer.endpoint.is_some() => {
+                peer.endpoint.map(|dst| (dst, n))
+            }
+            other => {
+                let mut buf = self.io.buf(0);
+                if let Output::Network(n) = other {
+                    buf.extend_from_slice(&out[..n]);
+                }
+                Self::encapsulated(&mut self.io, peer, other, buf);
+                None
+            }
+        }
+    }
+
+    /// Whether the output queues hold anything. After a lone call they
+    /// are usually empty, and the driver need not drain them.
+    pub fn has_output(&self) -> bool {
+        !(self.io.transmits.is_empty() && self.io.tun.is_empty() && self.io.events.is_empty())
+    }
+
+    /// Routes and filters a TUN packet: the peer to encrypt it for, or
+    /// `None` when it was dropped (counted, and answered with an ICMP
+    /// error where that helps the sender).
+    fn outbound(&mut self, now: Instant, frame: &[u8]) -> Option<Slot> {
         self.max_frame = self.max_frame.max(frame.len());
         let pkt = match packet::parse(frame) {
             Ok(p) => p,
-            Err(_) => return self.io.drop(DropReason::BadPacket, "tun frame"),
+            Err(_) => {
+                self.io.drop(DropReason::BadPacket, "tun frame");
+                return None;
+            }
         };
         // Router solicitations, MLD and other kernel chatter: not traffic.
         if packet::is_local_noise(pkt.key.dst) {
-            return;
+            return None;
         }
-        let Some(key) = self.peers.route(pkt.key.dst) else {
+        let Some(slot) = self.peers.route(pkt.key.dst) else {
             self.io.drop(DropReason::NoRoute, "no peer for destination");
             if self.filter.first_refusal(now, &pkt.key) {
                 self.io.flow(
@@ -313,14 +371,13 @@ impl Node {
                     DropReason::NoRoute.as_str(),
                 );
             }
-            return self.prohibited(frame, &pkt);
+            self.prohibited(frame, &pkt);
+            return None;
         };
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
+        let peer = self.peers.slot_mut(slot)?;
         match self
             .filter
-            .check(now, &pkt, &key, Direction::Outbound, &peer.outbound)
+            .check(now, &pkt, &peer.key, Direction::Outbound, &peer.outbound)
         {
             Decision::Pass => {}
             Decision::New(Verdict::Allow) => {
@@ -343,22 +400,28 @@ impl Node {
                     );
                 }
                 self.io.drop(DropReason::Policy, "outbound");
-                return self.prohibited(frame, &pkt);
+                self.prohibited(frame, &pkt);
+                return None;
             }
         }
         if peer.endpoint.is_none() {
             // Inbound-only peer that has not contacted us: never initiate.
-            return self.io.drop(DropReason::NoRoute, "peer endpoint unknown");
+            self.io.drop(DropReason::NoRoute, "peer endpoint unknown");
+            return None;
         }
-        let mut buf = self.io.buf((frame.len() + WG_OVERHEAD).max(MIN_BUF));
-        match peer.tunnel.encapsulate(now, frame, &mut buf) {
-            Output::Network(n) => self.io.send(peer, buf, n),
-            Output::Done => self.io.recycle(buf), // queued until the handshake completes
-            Output::Tunnel(..) => self.io.recycle(buf),
+        Some(slot)
+    }
+
+    /// Queues what encrypting a TUN packet into `buf` produced.
+    fn encapsulated(io: &mut Io, peer: &PeerState, out: Output, buf: Vec<u8>) {
+        match out {
+            Output::Network(n) => io.send(peer, buf, n),
+            Output::Done => io.recycle(buf), // queued until the handshake completes
+            Output::Tunnel(..) => io.recycle(buf),
             Output::Err(e) => {
                 tracing::trace!(error = %e, "encapsulate");
-                self.io.recycle(buf);
-                self.io.drop(DropReason::BadPacket, "encapsulate");
+                io.recycle(buf);
+                io.drop(DropReason::BadPacket, "encapsulate");
             }
         }
     }
@@ -374,17 +437,79 @@ impl Node {
 
     /// A datagram received on the UDP socket from `from`.
     pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        let Some(key) = self.admit(from, datagram) else {
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
+        self.udp(now, from, datagram, None);
+    }
+
+    /// [`Node::handle_udp`] for a datagram read alone (interactive
+    /// traffic): when it is a data message whose packet is for the TUN
+    /// device, the packet is left in `out` and its length returned, for
+    /// the caller to write at once; anything else is queued as
+    /// `handle_udp` queues it (see [`Node::handle_tun_lone`] for why).
+    pub fn handle_udp_lone(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
+        self.udp(now, from, datagram, Some(out))
+    }
+
+    fn udp(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        lone: Option<&mut Vec<u8>>,
+    ) -> Option<usize> {
+        let slot = self.admit(from, datagram)?;
+        let peer = self.peers.slot_mut(slot)?;
         let msg_type = datagram[0];
         // A data message means the session is usable now: packets queued
         // while it was being made (the responder's side of a handshake,
         // e.g. right after a peer rotated its key) leave at once.
-        let flush_queue = msg_type == 4 && peer.tunnel.has_queued();
+        let flush_queue = msg_type == MSG_DATA && peer.tunnel.has_queued();
+        if let Some(out) = lone
+            && msg_type == MSG_DATA
+            && !flush_queue
+        {
+            let need = datagram.len().max(MIN_BUF);
+            if out.len() < need {
+                out.resize(need, 0);
+            }
+            let r = peer.tunnel.decapsulate(now, Some(from.ip()), datagram, out);
+            if !matches!(r, Output::Err(_)) {
+                Self::authenticated(&mut self.io, peer, from, msg_type);
+            }
+            return match r {
+                Output::Tunnel(n, src) => Self::inbound(
+                    &mut self.io,
+                    &mut self.filter,
+                    &self.addresses,
+                    peer,
+                    now,
+                    &out[..n],
+                    src,
+                )
+                .then_some(n),
+                Output::Done => None, // a keepalive
+                Output::Network(n) => {
+                    let mut buf = self.io.buf(0);
+                    buf.extend_from_slice(&out[..n]);
+                    self.io.transmits.push_back(Transmit {
+                        dst: from,
+                        payload: buf,
+                        peer: false,
+                    });
+                    None
+                }
+                Output::Err(e) => {
+                    tracing::trace!(error = %e, "decapsulate");
+                    self.io.drop(DropReason::BadPacket, "decapsulate");
+                    None
+                }
+            };
+        }
         let mut input = datagram;
         let mut first = true;
         loop {
@@ -431,15 +556,19 @@ impl Node {
                 }
                 Output::Tunnel(n, src) => {
                     buf.truncate(n);
-                    Self::inbound(
+                    if Self::inbound(
                         &mut self.io,
                         &mut self.filter,
                         &self.addresses,
                         peer,
                         now,
-                        buf,
+                        &buf,
                         src,
-                    );
+                    ) {
+                        self.io.tun.push_back(buf);
+                    } else {
+                        self.io.recycle(buf);
+                    }
                     if !(first && flush_queue) {
                         break;
                     }
@@ -454,12 +583,13 @@ impl Node {
             input = &[];
             first = false;
         }
+        None
     }
 
     /// Identifies the peer a datagram belongs to. Handshake initiations are
     /// checked for a valid MAC (cheap) and load (cookie reply) before the
     /// sender's key is decrypted and looked up: an unknown key gets nothing.
-    fn admit(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<PublicKey> {
+    fn admit(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<Slot> {
         let receiver = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => {
                 self.io.drop(DropReason::BadPacket, "not wireguard");
@@ -471,12 +601,12 @@ impl Node {
             Ok(WgPacket::PacketData(p)) => Some(p.receiver_idx),
         };
         if let Some(idx) = receiver {
-            let key = self.peers.by_receiver(idx);
-            if key.is_none() {
+            let slot = self.peers.by_receiver(idx);
+            if slot.is_none() {
                 self.io
                     .drop(DropReason::UnknownKey, "unknown receiver index");
             }
-            return key;
+            return slot;
         }
         let mut cookie = self.io.buf(MIN_BUF);
         let verified = self
@@ -508,13 +638,13 @@ impl Node {
             return None;
         };
         let key = PublicKey::from_bytes(half.peer_static_public);
-        if self.peers.get(&key).is_none() {
+        let slot = self.peers.find(&key);
+        if slot.is_none() {
             tracing::debug!(peer = %key, endpoint = %from, "handshake from a key not in the netmap ignored");
             self.io
                 .drop(DropReason::UnknownKey, "handshake from unknown key");
-            return None;
         }
-        Some(key)
+        slot
     }
 
     fn authenticated(io: &mut Io, peer: &mut PeerState, from: SocketAddr, msg_type: u8) {
@@ -540,22 +670,23 @@ impl Node {
         }
     }
 
-    /// A decrypted packet: anti-spoofing, then the filter, then the TUN.
+    /// A decrypted packet: anti-spoofing, then the filter; true when it
+    /// goes to the TUN device.
     fn inbound(
         io: &mut Io,
         filter: &mut Filter,
         local: &[IpAddr],
         peer: &PeerState,
         now: Instant,
-        buf: Vec<u8>,
+        buf: &[u8],
         src: IpAddr,
-    ) {
+    ) -> bool {
         if !peer.owns(src) {
             io.drop(
                 DropReason::SpoofedSource,
                 "inner source outside allowed ips",
             );
-            if let Ok(p) = packet::parse(&buf)
+            if let Ok(p) = packet::parse(buf)
                 && filter.first_refusal(now, &p.key)
             {
                 io.flow(
@@ -566,13 +697,13 @@ impl Node {
                     DropReason::SpoofedSource.as_str(),
                 );
             }
-            return io.recycle(buf);
+            return false;
         }
-        let pkt = match packet::parse(&buf) {
+        let pkt = match packet::parse(buf) {
             Ok(p) => p,
             Err(_) => {
                 io.drop(DropReason::BadPacket, "inner packet");
-                return io.recycle(buf);
+                return false;
             }
         };
         // We are an endpoint, not a router: only our own addresses.
@@ -585,7 +716,7 @@ impl Node {
             Decision::Drop
         };
         match decision {
-            Decision::Pass => io.tun.push_back(buf),
+            Decision::Pass => true,
             Decision::New(Verdict::Allow) => {
                 io.flow(
                     &pkt.key,
@@ -594,7 +725,7 @@ impl Node {
                     Verdict::Allow,
                     "allowed",
                 );
-                io.tun.push_back(buf);
+                true
             }
             d => {
                 if d == Decision::New(Verdict::Deny) {
@@ -607,7 +738,7 @@ impl Node {
                     );
                 }
                 io.drop(DropReason::Policy, "inbound");
-                io.recycle(buf);
+                false
             }
         }
     }

@@ -6,6 +6,12 @@
 //! its addresses, ports and endpoints; a peer whose key disappeared is
 //! dropped at once, with its sessions. A new key always gets a fresh tunnel
 //! and a fresh local index, so stale datagrams cannot reach it.
+//!
+//! Peers live in slots ([`Slot`]); the per-packet lookups (receiver index,
+//! destination address) yield a slot, so a packet finds its peer with one
+//! hash probe and an array index, not a second search by key (which on an
+//! idle tunnel's cold cache cost a tree walk and a 32-byte comparison per
+//! packet). Slots of removed peers are reused.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -57,24 +63,31 @@ pub struct PeerDiff {
     pub updated: Vec<PublicKey>,
 }
 
+/// Where a peer lives in its table; valid until the next
+/// [`PeerTable::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(usize);
+
 /// All peers of a node.
 pub struct PeerTable {
     secret: x25519::StaticSecret,
     public: x25519::PublicKey,
     limiter: Arc<RateLimiter>,
-    peers: BTreeMap<PublicKey, PeerState>,
-    by_index: HashMap<u32, PublicKey>,
+    slots: Vec<Option<PeerState>>,
+    /// Ordered, so listings are stable.
+    by_key: BTreeMap<PublicKey, Slot>,
+    by_index: HashMap<u32, Slot>,
     /// Host routes (/32, /128): the common case, one hash lookup.
-    hosts: HashMap<IpAddr, PublicKey>,
+    hosts: HashMap<IpAddr, Slot>,
     /// Wider prefixes, scanned in order (netmaps forbid overlaps).
-    nets: Vec<(IpNet, PublicKey)>,
+    nets: Vec<(IpNet, Slot)>,
     next_index: u32,
 }
 
 impl std::fmt::Debug for PeerTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerTable")
-            .field("peers", &self.peers.len())
+            .field("peers", &self.by_key.len())
             .finish_non_exhaustive()
     }
 }
@@ -90,7 +103,8 @@ impl PeerTable {
             secret,
             public,
             limiter,
-            peers: BTreeMap::new(),
+            slots: Vec::new(),
+            by_key: BTreeMap::new(),
             by_index: HashMap::default(),
             hosts: HashMap::default(),
             nets: Vec::new(),
@@ -140,20 +154,22 @@ impl PeerTable {
         let mut diff = PeerDiff::default();
         let wanted: BTreeMap<_, _> = map.peers.iter().map(|p| (p.public_key, p)).collect();
         let gone: Vec<PublicKey> = self
-            .peers
+            .by_key
             .keys()
             .filter(|k| !wanted.contains_key(k))
             .copied()
             .collect();
         for key in gone {
-            if let Some(p) = self.peers.remove(&key) {
+            if let Some(slot) = self.by_key.remove(&key)
+                && let Some(p) = self.slots[slot.0].take()
+            {
                 self.by_index.remove(&p.index);
             }
             diff.removed.push(key);
         }
         for (key, p) in wanted {
             let configured = p.endpoints.clone().unwrap_or_default();
-            if let Some(st) = self.peers.get_mut(&key) {
+            if let Some(st) = self.get_mut(&key) {
                 let changed = st.allowed_ips != p.allowed_ips
                     || st.outbound != p.outbound
                     || st.inbound != p.inbound
@@ -179,23 +195,30 @@ impl PeerTable {
                 index,
                 self.limiter.clone(),
             );
-            self.by_index.insert(index, key);
-            self.peers.insert(
-                key,
-                PeerState {
-                    key,
-                    name: p.name.clone(),
-                    allowed_ips: p.allowed_ips.clone(),
-                    outbound: p.outbound.clone(),
-                    inbound: p.inbound.clone(),
-                    endpoint: configured.first().copied(),
-                    configured,
-                    learned: false,
-                    index,
-                    handshakes: 0,
-                    tunnel,
-                },
+            let slot = Slot(
+                self.slots
+                    .iter()
+                    .position(Option::is_none)
+                    .unwrap_or(self.slots.len()),
             );
+            if slot.0 == self.slots.len() {
+                self.slots.push(None);
+            }
+            self.by_index.insert(index, slot);
+            self.by_key.insert(key, slot);
+            self.slots[slot.0] = Some(PeerState {
+                key,
+                name: p.name.clone(),
+                allowed_ips: p.allowed_ips.clone(),
+                outbound: p.outbound.clone(),
+                inbound: p.inbound.clone(),
+                endpoint: configured.first().copied(),
+                configured,
+                learned: false,
+                index,
+                handshakes: 0,
+                tunnel,
+            });
             diff.added.push(key);
         }
         self.rebuild_routes();
@@ -205,55 +228,74 @@ impl PeerTable {
     fn rebuild_routes(&mut self) {
         self.hosts.clear();
         self.nets.clear();
-        for (key, p) in &self.peers {
+        for &slot in self.by_key.values() {
+            let Some(p) = &self.slots[slot.0] else {
+                continue;
+            };
             for net in p.allowed_ips.iter() {
                 if net.prefix_len() == net.max_prefix_len() {
-                    self.hosts.insert(net.addr(), *key);
+                    self.hosts.insert(net.addr(), slot);
                 } else {
-                    self.nets.push((*net, *key));
+                    self.nets.push((*net, slot));
                 }
             }
         }
     }
 
     /// Cryptokey routing: the peer whose allowed IPs cover `dst`.
-    pub fn route(&self, dst: IpAddr) -> Option<PublicKey> {
-        if let Some(k) = self.hosts.get(&dst) {
-            return Some(*k);
+    pub fn route(&self, dst: IpAddr) -> Option<Slot> {
+        if let Some(&s) = self.hosts.get(&dst) {
+            return Some(s);
         }
         self.nets
             .iter()
             .find(|(n, _)| n.contains(&dst))
-            .map(|(_, k)| *k)
+            .map(|&(_, s)| s)
     }
 
     /// The peer owning a receiver index from an incoming datagram.
-    pub fn by_receiver(&self, receiver_index: u32) -> Option<PublicKey> {
+    pub fn by_receiver(&self, receiver_index: u32) -> Option<Slot> {
         self.by_index.get(&(receiver_index >> 8)).copied()
     }
 
+    /// The slot of the peer with this key.
+    pub fn find(&self, key: &PublicKey) -> Option<Slot> {
+        self.by_key.get(key).copied()
+    }
+
     pub fn get(&self, key: &PublicKey) -> Option<&PeerState> {
-        self.peers.get(key)
+        self.find(key).and_then(|s| self.slot(s))
     }
 
     pub fn get_mut(&mut self, key: &PublicKey) -> Option<&mut PeerState> {
-        self.peers.get_mut(key)
+        self.find(key).and_then(|s| self.slot_mut(s))
     }
 
+    pub fn slot(&self, slot: Slot) -> Option<&PeerState> {
+        self.slots.get(slot.0).and_then(Option::as_ref)
+    }
+
+    pub fn slot_mut(&mut self, slot: Slot) -> Option<&mut PeerState> {
+        self.slots.get_mut(slot.0).and_then(Option::as_mut)
+    }
+
+    /// Peers in key order.
     pub fn iter(&self) -> impl Iterator<Item = &PeerState> {
-        self.peers.values()
+        self.by_key.values().filter_map(|&s| self.slot(s))
     }
 
+    /// Peers in slot order (for timers and rotations, where order does
+    /// not matter).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut PeerState> {
-        self.peers.values_mut()
+        self.slots.iter_mut().flatten()
     }
 
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.by_key.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.by_key.is_empty()
     }
 }
 
@@ -306,14 +348,16 @@ mod tests {
         let b = peer(3, "100.64.1.0/24", None);
         let d = t.apply(&map(vec![a.clone(), b.clone()]));
         assert_eq!(d.added.len(), 2);
-        assert_eq!(t.route("100.64.0.2".parse().unwrap()), Some(a.public_key));
-        assert_eq!(t.route("100.64.1.77".parse().unwrap()), Some(b.public_key));
+        let (sa, sb) = (t.find(&a.public_key), t.find(&b.public_key));
+        assert!(sa.is_some() && sb.is_some() && sa != sb);
+        assert_eq!(t.route("100.64.0.2".parse().unwrap()), sa);
+        assert_eq!(t.route("100.64.1.77".parse().unwrap()), sb);
         assert_eq!(t.route("100.64.0.3".parse().unwrap()), None);
         assert_eq!(t.get(&a.public_key).unwrap().endpoint, Some(ep));
         assert_eq!(t.get(&b.public_key).unwrap().endpoint, None);
         let ia = t.get(&a.public_key).unwrap().index;
         assert!(ia <= INDEX_MASK);
-        assert_eq!(t.by_receiver((ia << 8) | 3), Some(a.public_key));
+        assert_eq!(t.by_receiver((ia << 8) | 3), sa);
         // Same key again: kept (same index); b removed.
         let d = t.apply(&map(vec![a.clone()]));
         assert_eq!(d.removed, vec![b.public_key]);
@@ -325,5 +369,31 @@ mod tests {
                 .unwrap()
                 .owns("100.64.0.2".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_freed_slot_serves_the_new_peer_and_nothing_of_the_old() {
+        let mut t = PeerTable::new([1; 32], 7);
+        let a = peer(2, "100.64.0.2/32", None);
+        let b = peer(3, "100.64.0.3/32", None);
+        let c = peer(4, "100.64.0.4/32", None);
+        t.apply(&map(vec![a.clone(), b.clone()]));
+        let ib = t.get(&b.public_key).unwrap().index;
+        let sb = t.find(&b.public_key).unwrap();
+        t.apply(&map(vec![a.clone(), c.clone()]));
+        let sc = t.find(&c.public_key).unwrap();
+        assert_eq!(sc, sb, "b's slot is reused");
+        assert_eq!(t.by_receiver(ib << 8), None, "b's index is gone");
+        assert_eq!(t.route("100.64.0.3".parse().unwrap()), None);
+        let via_route = t.route("100.64.0.4".parse().unwrap()).unwrap();
+        assert_eq!(t.slot(via_route).unwrap().key, c.public_key);
+        let ic = t.get(&c.public_key).unwrap().index;
+        assert_eq!(t.by_receiver(ic << 8), Some(sc));
+        assert_eq!(t.len(), 2);
+        let keys: Vec<_> = t.iter().map(|p| p.key).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "listed in key order");
+        assert_eq!(t.iter_mut().count(), 2);
     }
 }

@@ -140,12 +140,16 @@ pub(crate) struct Pump {
 pub(crate) struct TunSide {
     rd: TunRead,
     out: Outputs,
+    /// A lone packet's datagram (see [`Node::handle_tun_lone`]).
+    lone: Vec<u8>,
 }
 
 /// Scratch space of the UDP -> TUN direction (made by the first reader).
 pub(crate) struct UdpSide {
     rb: RecvBatch,
     out: Outputs,
+    /// A lone datagram's packet (see [`Node::handle_udp_lone`]).
+    lone: Vec<u8>,
 }
 
 // SAFETY: the receive batch's raw pointers point into its own heap
@@ -391,9 +395,10 @@ impl Pump {
     /// the number of packets, 0 when nothing was queued. Call with the TUN
     /// side locked.
     fn tun_once(&self, side: &mut Option<TunSide>) -> io::Result<usize> {
-        let TunSide { rd, out } = side.get_or_insert_with(|| TunSide {
+        let TunSide { rd, out, lone } = side.get_or_insert_with(|| TunSide {
             rd: TunRead::new(&self.tun),
             out: Outputs::default(),
+            lone: Vec::new(),
         });
         let n = match self.tun.recv(rd) {
             Ok(0) => return Ok(0),
@@ -404,6 +409,26 @@ impl Pump {
             }
             Err(e) => return Err(e),
         };
+        if let Some(p) = rd.lone() {
+            // Interactive traffic: the datagram straight from the core to
+            // the socket; the queues only when the core used them.
+            let (sent, more) = {
+                let mut core = self.shared.lock();
+                let sent = core.handle_tun_lone(now(), p, lone);
+                let more = core.has_output();
+                if more {
+                    out.exchange(&mut core, &self.events);
+                }
+                (sent, more)
+            };
+            if let Some((dst, len)) = sent {
+                self.udp.send_lone(&mut out.send, dst, &lone[..len], true);
+            }
+            if more {
+                out.flush(&self.udp, &self.tun);
+            }
+            return Ok(n);
+        }
         {
             let mut core = self.shared.lock();
             let now = now();
@@ -442,9 +467,10 @@ impl Pump {
         answer: bool,
         ready: Ready,
     ) -> io::Result<(usize, bool)> {
-        let UdpSide { rb, out } = side.get_or_insert_with(|| UdpSide {
+        let UdpSide { rb, out, lone } = side.get_or_insert_with(|| UdpSide {
             rb: RecvBatch::new(&self.udp),
             out: Outputs::default(),
+            lone: Vec::new(),
         });
         let (mut datagrams, mut wrote) = (0, false);
         for i in (0..self.udp.sockets()).filter(|&i| ready.has(UDP + i as u32)) {
@@ -461,13 +487,31 @@ impl Pump {
                     continue;
                 }
             }
-            {
-                let mut core = self.shared.lock();
-                let now = now();
-                rb.for_each(|from, d| core.handle_udp(now, from, d));
-                out.exchange(&mut core, &self.events);
-            }
-            let w = out.flush(&self.udp, &self.tun);
+            let w = if let Some((from, d)) = rb.lone() {
+                // Interactive traffic: the packet straight from the core to
+                // the TUN device; the queues only when the core used them.
+                let (got, more) = {
+                    let mut core = self.shared.lock();
+                    let got = core.handle_udp_lone(now(), from, d, lone);
+                    let more = core.has_output();
+                    if more {
+                        out.exchange(&mut core, &self.events);
+                    }
+                    (got, more)
+                };
+                if let Some(len) = got {
+                    self.tun.send_lone(&mut lone[..len]);
+                }
+                (more && out.flush(&self.udp, &self.tun)) || got.is_some()
+            } else {
+                {
+                    let mut core = self.shared.lock();
+                    let now = now();
+                    rb.for_each(|from, d| core.handle_udp(now, from, d));
+                    out.exchange(&mut core, &self.events);
+                }
+                out.flush(&self.udp, &self.tun)
+            };
             if w && answer {
                 self.tun_answer();
             }

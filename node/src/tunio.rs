@@ -137,28 +137,16 @@ impl TunIo {
     /// patched in place). Errors are logged; the packets are dropped (TCP
     /// recovers).
     pub fn send(&self, b: &mut TunWrite, packets: &mut [Vec<u8>]) {
+        if let [p] = packets {
+            return self.send_lone(p);
+        }
         if !self.offload {
             for p in packets.iter() {
-                match self.dev.send(p) {
-                    Ok(_) => {
-                        Self::count(&self.counters.writes, 1);
-                        Self::count(&self.counters.packets_written, 1);
-                    }
-                    Err(e) => self.write_failed(&e, 1),
-                }
+                self.send_plain(p);
             }
             return;
         }
         let fd = self.dev.as_raw_fd();
-        if let [p] = packets {
-            // One packet (interactive traffic): no planning, no batch.
-            let vnet = crate::coalesce::lone(p);
-            let iovs = [iovec(&vnet), iovec(p)];
-            // SAFETY: the iovecs point into `vnet` and `p`, both alive and
-            // unchanged for the duration of the call.
-            let n = unsafe { libc::writev(fd, iovs.as_ptr(), 2) };
-            return self.wrote(n, 1);
-        }
         let TunWrite { plan, iovs } = b;
         plan.plan(packets);
         for w in plan.writes() {
@@ -169,6 +157,31 @@ impl TunIo {
             // and unchanged for the duration of the call.
             let n = unsafe { libc::writev(fd, iovs.as_ptr(), iovs.len() as libc::c_int) };
             self.wrote(n, w.segments);
+        }
+    }
+
+    /// Writes one packet (interactive traffic): no planning, no batch. With
+    /// offloads, its virtio header is computed directly (a TCP packet's
+    /// checksum may be patched in place, hence `&mut`).
+    pub fn send_lone(&self, p: &mut [u8]) {
+        if !self.offload {
+            return self.send_plain(p);
+        }
+        let vnet = crate::coalesce::lone(p);
+        let iovs = [iovec(&vnet), iovec(p)];
+        // SAFETY: the iovecs point into `vnet` and `p`, both alive and
+        // unchanged for the duration of the call.
+        let n = unsafe { libc::writev(self.dev.as_raw_fd(), iovs.as_ptr(), 2) };
+        self.wrote(n, 1);
+    }
+
+    fn send_plain(&self, p: &[u8]) {
+        match self.dev.send(p) {
+            Ok(_) => {
+                Self::count(&self.counters.writes, 1);
+                Self::count(&self.counters.packets_written, 1);
+            }
+            Err(e) => self.write_failed(&e, 1),
         }
     }
 
@@ -227,6 +240,15 @@ impl TunRead {
             bufs: (0..IDEAL_BATCH_SIZE).map(|_| vec![0; seg]).collect(),
             sizes: vec![0; IDEAL_BATCH_SIZE],
             frame: Frame::Split(0),
+        }
+    }
+
+    /// The packet of the last [`TunIo::recv`] when it read exactly one
+    /// plain packet (in place, no copy).
+    pub fn lone(&self) -> Option<&[u8]> {
+        match &self.frame {
+            Frame::Single(r) => Some(&self.original[r.clone()]),
+            Frame::Split(_) => None,
         }
     }
 

@@ -25,7 +25,7 @@ const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 
 const MSG_INIT: u8 = 1;
 const MSG_RESPONSE: u8 = 2;
-const MSG_DATA: u8 = 4;
+pub(crate) const MSG_DATA: u8 = 4;
 
 /// A boringtun error, made printable.
 #[derive(Debug)]

@@ -241,11 +241,7 @@ impl UdpIo {
         let first = datagrams.next();
         let second = datagrams.next();
         if let (Some((dst, payload, peer)), None) = (first, second.as_ref()) {
-            // One datagram (interactive traffic): a plain send, without
-            // building a batch: less code and memory touched on a cold
-            // cache; on the peer's connected socket, without a route lookup.
-            let dst = if self.v6 { to_v6(dst) } else { dst };
-            return self.send_one(&mut b.last, dst, payload, peer);
+            return self.send_lone(b, dst, payload, peer);
         }
         for (dst, payload, _) in first.into_iter().chain(second).chain(datagrams) {
             b.dsts.push(if self.v6 { to_v6(dst) } else { dst });
@@ -268,6 +264,14 @@ impl UdpIo {
                 Err(_) => return,
             }
         }
+    }
+
+    /// Sends one datagram (interactive traffic): a plain send, without
+    /// building a batch: less code and memory touched on a cold cache; to a
+    /// peer endpoint on its connected socket, without a route lookup.
+    pub fn send_lone(&self, b: &mut SendBatch, dst: SocketAddr, payload: &[u8], peer: bool) {
+        let dst = if self.v6 { to_v6(dst) } else { dst };
+        self.send_one(&mut b.last, dst, payload, peer);
     }
 
     fn send_one(&self, last: &mut LastPeer, dst: SocketAddr, payload: &[u8], peer: bool) {
@@ -513,6 +517,17 @@ impl RecvBatch {
             .iter()
             .map(|&(_, len, seg)| len.div_ceil(seg.max(1)))
             .sum()
+    }
+
+    /// The datagram of the last [`UdpIo::recv`] when it read exactly one
+    /// (not a GRO train), and its sender.
+    pub fn lone(&self) -> Option<(SocketAddr, &[u8])> {
+        match self.got[..] {
+            [(from, len, seg)] if self.filled == 1 && len <= seg => {
+                Some((from, &self.bufs[0][..len]))
+            }
+            _ => None,
+        }
     }
 
     /// Every datagram read by the last [`UdpIo::recv`], in arrival order,

@@ -19,113 +19,121 @@ use segmesh_node::packet::{self, Class, TCP_ACK, TCP_SYN};
 use segmesh_node::status::{DropReason, Verdict};
 #[test]
 fn allowed_flows_pass_denied_and_unrouted_are_dropped() {
-    let mut s = Sim::new(&["web", "api", "db"], 1, 0.0);
-    s.apply(THREE_TIER);
-    for v6 in [false, true] {
-        let (web, api, db) = (s.addr("web", v6), s.addr("api", v6), s.addr("db", v6));
-        // web -> api tcp/8080: the SYN reaches api, the SYN-ACK comes back.
-        s.send("web", &craft::tcp(web, 40000, api, 8080, TCP_SYN, &[]));
-        s.run(Duration::from_millis(100));
+    // Both ways of feeding packets: queued, and lone as the driver
+    // does for interactive traffic.
+    for lone in [false, true] {
+        let mut s = Sim::new(&["web", "api", "db"], 1, 0.0).lone(lone);
+        s.apply(THREE_TIER);
+        for v6 in [false, true] {
+            let (web, api, db) = (s.addr("web", v6), s.addr("api", v6), s.addr("db", v6));
+            // web -> api tcp/8080: the SYN reaches api, the SYN-ACK comes back.
+            s.send("web", &craft::tcp(web, 40000, api, 8080, TCP_SYN, &[]));
+            s.run(Duration::from_millis(100));
+            assert!(
+                s.take_tun("api").iter().any(|p| is_tcp(p, TCP_SYN, 8080)),
+                "v6={v6}"
+            );
+            assert!(
+                s.take_tun("web")
+                    .iter()
+                    .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, 40000))
+            );
+            // web -> db: no peer, so no route and an ICMP prohibited locally.
+            let before = s.drops("web", DropReason::NoRoute);
+            s.send("web", &craft::tcp(web, 40001, db, 5432, TCP_SYN, &[]));
+            s.run(Duration::from_millis(100));
+            assert_eq!(s.drops("web", DropReason::NoRoute), before + 1);
+            assert!(s.take_tun("web").iter().all(|p| is_prohibited(p)));
+            let stray = s.take_tun("db");
+            assert!(
+                stray.is_empty(),
+                "{:?}",
+                stray.iter().map(|p| packet::parse(p)).collect::<Vec<_>>()
+            );
+            // web -> api tcp/22: known peer, port not allowed.
+            let before = s.drops("web", DropReason::Policy);
+            s.send("web", &craft::tcp(web, 40002, api, 22, TCP_SYN, &[]));
+            s.run(Duration::from_millis(100));
+            assert_eq!(s.drops("web", DropReason::Policy), before + 1);
+            assert!(s.take_tun("api").is_empty());
+            // api -> db tcp/5432 works; db (inbound-only towards api) cannot open.
+            s.send("api", &craft::tcp(api, 41000, db, 5432, TCP_SYN, &[]));
+            s.run(Duration::from_millis(100));
+            assert!(s.take_tun("db").iter().any(|p| is_tcp(p, TCP_SYN, 5432)));
+            assert!(
+                s.take_tun("api")
+                    .iter()
+                    .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, 41000))
+            );
+            let before = s.drops("db", DropReason::Policy);
+            s.send("db", &craft::tcp(db, 5432, api, 8080, TCP_SYN, &[]));
+            s.run(Duration::from_millis(100));
+            assert_eq!(s.drops("db", DropReason::Policy), before + 1);
+            assert!(s.take_tun("api").is_empty());
+            assert!(s.take_tun("db").iter().all(|p| is_prohibited(p)));
+        }
+        // Flow events: allowed and denied flows were reported with peers.
+        let web = &s.nodes[s.idx("web")];
+        let flows: Vec<_> = web
+            .events
+            .iter()
+            .filter_map(|e| {
+                if let Event::Flow(f) = e {
+                    Some(f)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert!(flows.iter().any(|f| f.verdict == Verdict::Allow
+            && f.dst_port == 8080
+            && f.peer_name.as_ref().is_some_and(|n| n.as_str() == "api")));
         assert!(
-            s.take_tun("api").iter().any(|p| is_tcp(p, TCP_SYN, 8080)),
-            "v6={v6}"
-        );
-        assert!(
-            s.take_tun("web")
+            flows
                 .iter()
-                .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, 40000))
+                .any(|f| f.verdict == Verdict::Deny && f.reason == "no_route")
         );
-        // web -> db: no peer, so no route and an ICMP prohibited locally.
-        let before = s.drops("web", DropReason::NoRoute);
-        s.send("web", &craft::tcp(web, 40001, db, 5432, TCP_SYN, &[]));
-        s.run(Duration::from_millis(100));
-        assert_eq!(s.drops("web", DropReason::NoRoute), before + 1);
-        assert!(s.take_tun("web").iter().all(|p| is_prohibited(p)));
-        let stray = s.take_tun("db");
         assert!(
-            stray.is_empty(),
-            "{:?}",
-            stray.iter().map(|p| packet::parse(p)).collect::<Vec<_>>()
-        );
-        // web -> api tcp/22: known peer, port not allowed.
-        let before = s.drops("web", DropReason::Policy);
-        s.send("web", &craft::tcp(web, 40002, api, 22, TCP_SYN, &[]));
-        s.run(Duration::from_millis(100));
-        assert_eq!(s.drops("web", DropReason::Policy), before + 1);
-        assert!(s.take_tun("api").is_empty());
-        // api -> db tcp/5432 works; db (inbound-only towards api) cannot open.
-        s.send("api", &craft::tcp(api, 41000, db, 5432, TCP_SYN, &[]));
-        s.run(Duration::from_millis(100));
-        assert!(s.take_tun("db").iter().any(|p| is_tcp(p, TCP_SYN, 5432)));
-        assert!(
-            s.take_tun("api")
+            flows
                 .iter()
-                .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, 41000))
+                .any(|f| f.verdict == Verdict::Deny && f.reason == "policy" && f.dst_port == 22)
         );
-        let before = s.drops("db", DropReason::Policy);
-        s.send("db", &craft::tcp(db, 5432, api, 8080, TCP_SYN, &[]));
-        s.run(Duration::from_millis(100));
-        assert_eq!(s.drops("db", DropReason::Policy), before + 1);
-        assert!(s.take_tun("api").is_empty());
-        assert!(s.take_tun("db").iter().all(|p| is_prohibited(p)));
+        let st = s.nodes[s.idx("web")].core.status(s.now);
+        let api = st
+            .peers
+            .iter()
+            .find(|p| p.public_key == s.key("api"))
+            .unwrap();
+        assert!(api.since_handshake.is_some() && api.tx_bytes > 0 && api.rx_bytes > 0);
+        // The db learned api's endpoint from its handshake.
+        let st = s.nodes[s.idx("db")].core.status(s.now);
+        assert_eq!(st.peers[0].endpoint, Some(s.nodes[s.idx("api")].udp));
     }
-    // Flow events: allowed and denied flows were reported with peers.
-    let web = &s.nodes[s.idx("web")];
-    let flows: Vec<_> = web
-        .events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Flow(f) = e {
-                Some(f)
-            } else {
-                None
-            }
-        })
-        .collect();
-    assert!(flows.iter().any(|f| f.verdict == Verdict::Allow
-        && f.dst_port == 8080
-        && f.peer_name.as_ref().is_some_and(|n| n.as_str() == "api")));
-    assert!(
-        flows
-            .iter()
-            .any(|f| f.verdict == Verdict::Deny && f.reason == "no_route")
-    );
-    assert!(
-        flows
-            .iter()
-            .any(|f| f.verdict == Verdict::Deny && f.reason == "policy" && f.dst_port == 22)
-    );
-    let st = s.nodes[s.idx("web")].core.status(s.now);
-    let api = st
-        .peers
-        .iter()
-        .find(|p| p.public_key == s.key("api"))
-        .unwrap();
-    assert!(api.since_handshake.is_some() && api.tx_bytes > 0 && api.rx_bytes > 0);
-    // The db learned api's endpoint from its handshake.
-    let st = s.nodes[s.idx("db")].core.status(s.now);
-    assert_eq!(st.peers[0].endpoint, Some(s.nodes[s.idx("api")].udp));
 }
 
 #[test]
 fn pings_get_through_under_loss() {
-    for seed in 0..4 {
-        let mut s = Sim::new(&["web", "api"], seed, 0.3);
-        s.apply(THREE_TIER);
-        let (web, api) = (s.addr("web", false), s.addr("api", false));
-        let mut replies = 0;
-        for seq in 0..30 {
-            s.send("web", &craft::echo_request(web, api, 77, seq));
-            s.run(Duration::from_secs(1));
-            replies += s
-                .take_tun("web")
-                .iter()
-                .filter(|p| packet::parse(p).is_ok_and(|x| x.class == Class::Reply))
-                .count();
+    // Both ways of feeding packets: queued, and lone as the driver
+    // does for interactive traffic.
+    for lone in [false, true] {
+        for seed in 0..4 {
+            let mut s = Sim::new(&["web", "api"], seed, 0.3).lone(lone);
+            s.apply(THREE_TIER);
+            let (web, api) = (s.addr("web", false), s.addr("api", false));
+            let mut replies = 0;
+            for seq in 0..30 {
+                s.send("web", &craft::echo_request(web, api, 77, seq));
+                s.run(Duration::from_secs(1));
+                replies += s
+                    .take_tun("web")
+                    .iter()
+                    .filter(|p| packet::parse(p).is_ok_and(|x| x.class == Class::Reply))
+                    .count();
+            }
+            // 30% loss each way: about half the pings come back once the
+            // handshake (retransmitted on the virtual clock) is through.
+            assert!(replies >= 8, "seed {seed}: only {replies} replies");
         }
-        // 30% loss each way: about half the pings come back once the
-        // handshake (retransmitted on the virtual clock) is through.
-        assert!(replies >= 8, "seed {seed}: only {replies} replies");
     }
 }
 
@@ -154,64 +162,72 @@ fn unknown_keys_get_no_answer() {
 
 #[test]
 fn spoofed_inner_sources_are_dropped() {
-    let mut s = Sim::new(&["web", "api", "db"], 3, 0.0);
-    s.apply(THREE_TIER);
-    let (db, api) = (s.addr("db", false), s.addr("api", false));
-    // web sends to api with db's address as source.
-    s.send("web", &craft::tcp(db, 40000, api, 8080, TCP_SYN, &[]));
-    s.run(Duration::from_millis(200));
-    assert_eq!(s.drops("api", DropReason::SpoofedSource), 1);
-    assert!(s.take_tun("api").is_empty());
+    // Both ways of feeding packets: queued, and lone as the driver
+    // does for interactive traffic.
+    for lone in [false, true] {
+        let mut s = Sim::new(&["web", "api", "db"], 3, 0.0).lone(lone);
+        s.apply(THREE_TIER);
+        let (db, api) = (s.addr("db", false), s.addr("api", false));
+        // web sends to api with db's address as source.
+        s.send("web", &craft::tcp(db, 40000, api, 8080, TCP_SYN, &[]));
+        s.run(Duration::from_millis(200));
+        assert_eq!(s.drops("api", DropReason::SpoofedSource), 1);
+        assert!(s.take_tun("api").is_empty());
+    }
 }
 
 #[test]
 fn netmap_update_removes_a_peer_and_keeps_others() {
-    let mut s = Sim::new(&["web", "api", "db"], 5, 0.0);
-    s.apply(THREE_TIER);
-    let (web, api, db) = (
-        s.addr("web", false),
-        s.addr("api", false),
-        s.addr("db", false),
-    );
-    s.send("web", &craft::echo_request(web, api, 1, 1));
-    s.send("api", &craft::tcp(api, 41000, db, 5432, TCP_SYN, &[]));
-    s.run(Duration::from_millis(100));
-    assert_eq!(s.take_tun("web").len(), 1);
-    assert_eq!(s.take_tun("api").len(), 2);
-    let db_handshake = s.nodes[s.idx("api")]
-        .core
-        .status(s.now)
-        .peers
-        .iter()
-        .find(|p| p.public_key == s.key("db"))
-        .unwrap()
-        .since_handshake;
-    // api's new netmap drops web; db is unchanged.
-    let maps = s.netmaps(&[("api", "db", &["tcp/5432"])]);
-    let i = s.idx("api");
-    let now = s.now;
-    let diff = s.nodes[i].core.apply_netmap(now, &maps["api"]).unwrap();
-    assert_eq!(diff.removed, vec![s.key("web")]);
-    s.run(Duration::from_secs(1));
-    let before = s.drops("api", DropReason::UnknownKey);
-    s.send("web", &craft::echo_request(web, api, 1, 2));
-    s.run(Duration::from_secs(1));
-    assert!(s.take_tun("api").is_empty() && s.take_tun("web").is_empty());
-    assert!(s.drops("api", DropReason::UnknownKey) > before);
-    // The api -> db session survived the update (same handshake, still works).
-    let st = s.nodes[i].core.status(s.now);
-    let p = st
-        .peers
-        .iter()
-        .find(|p| p.public_key == s.key("db"))
-        .unwrap();
-    assert_eq!(
-        p.since_handshake,
-        db_handshake.map(|d| d + Duration::from_secs(2))
-    );
-    s.send("api", &craft::tcp(api, 41000, db, 5432, TCP_ACK, b"data"));
-    s.run(Duration::from_millis(100));
-    assert!(s.take_tun("db").iter().any(|p| is_tcp(p, TCP_ACK, 5432)));
+    // Both ways of feeding packets: queued, and lone as the driver
+    // does for interactive traffic.
+    for lone in [false, true] {
+        let mut s = Sim::new(&["web", "api", "db"], 5, 0.0).lone(lone);
+        s.apply(THREE_TIER);
+        let (web, api, db) = (
+            s.addr("web", false),
+            s.addr("api", false),
+            s.addr("db", false),
+        );
+        s.send("web", &craft::echo_request(web, api, 1, 1));
+        s.send("api", &craft::tcp(api, 41000, db, 5432, TCP_SYN, &[]));
+        s.run(Duration::from_millis(100));
+        assert_eq!(s.take_tun("web").len(), 1);
+        assert_eq!(s.take_tun("api").len(), 2);
+        let db_handshake = s.nodes[s.idx("api")]
+            .core
+            .status(s.now)
+            .peers
+            .iter()
+            .find(|p| p.public_key == s.key("db"))
+            .unwrap()
+            .since_handshake;
+        // api's new netmap drops web; db is unchanged.
+        let maps = s.netmaps(&[("api", "db", &["tcp/5432"])]);
+        let i = s.idx("api");
+        let now = s.now;
+        let diff = s.nodes[i].core.apply_netmap(now, &maps["api"]).unwrap();
+        assert_eq!(diff.removed, vec![s.key("web")]);
+        s.run(Duration::from_secs(1));
+        let before = s.drops("api", DropReason::UnknownKey);
+        s.send("web", &craft::echo_request(web, api, 1, 2));
+        s.run(Duration::from_secs(1));
+        assert!(s.take_tun("api").is_empty() && s.take_tun("web").is_empty());
+        assert!(s.drops("api", DropReason::UnknownKey) > before);
+        // The api -> db session survived the update (same handshake, still works).
+        let st = s.nodes[i].core.status(s.now);
+        let p = st
+            .peers
+            .iter()
+            .find(|p| p.public_key == s.key("db"))
+            .unwrap();
+        assert_eq!(
+            p.since_handshake,
+            db_handshake.map(|d| d + Duration::from_secs(2))
+        );
+        s.send("api", &craft::tcp(api, 41000, db, 5432, TCP_ACK, b"data"));
+        s.run(Duration::from_millis(100));
+        assert!(s.take_tun("db").iter().any(|p| is_tcp(p, TCP_ACK, 5432)));
+    }
 }
 
 #[test]
@@ -240,76 +256,83 @@ fn garbage_is_counted_not_fatal() {
 
 #[test]
 fn inbound_only_peers_are_never_initiated_to() {
-    // db -> api is allowed (so db may open flows), but api only accepts:
-    // from api's side db is known by key alone, without an endpoint.
-    let mut s = Sim::new(&["api", "db"], 13, 0.0);
-    s.apply(&[("db", "api", &["tcp/8080"])]);
-    let (api, db) = (s.addr("api", false), s.addr("db", false));
-    // A reply-shaped packet from api before db ever spoke: no endpoint, so
-    // nothing leaves api (and the filter refuses it anyway).
-    s.send(
-        "api",
-        &craft::tcp(api, 8080, db, 40000, TCP_SYN | TCP_ACK, &[]),
-    );
-    s.run(Duration::from_secs(10));
-    assert_eq!(
-        s.nodes[s.idx("db")].udp_in,
-        0,
-        "api initiated to an inbound-only peer"
-    );
-    // Once db opens a flow, api learns db's endpoint and replies flow.
-    s.send("db", &craft::tcp(db, 40000, api, 8080, TCP_SYN, &[]));
-    s.run(Duration::from_millis(100));
-    assert!(s.take_tun("api").iter().any(|p| is_tcp(p, TCP_SYN, 8080)));
-    assert!(
-        s.take_tun("db")
-            .iter()
-            .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, 40000))
-    );
-    let st = s.nodes[s.idx("api")].core.status(s.now);
-    assert_eq!(st.peers[0].endpoint, Some(s.nodes[s.idx("db")].udp));
+    // Both ways of feeding packets: queued, and lone as the driver
+    // does for interactive traffic.
+    for lone in [false, true] {
+        // db -> api is allowed (so db may open flows), but api only accepts:
+        // from api's side db is known by key alone, without an endpoint.
+        let mut s = Sim::new(&["api", "db"], 13, 0.0).lone(lone);
+        s.apply(&[("db", "api", &["tcp/8080"])]);
+        let (api, db) = (s.addr("api", false), s.addr("db", false));
+        // A reply-shaped packet from api before db ever spoke: no endpoint, so
+        // nothing leaves api (and the filter refuses it anyway).
+        s.send(
+            "api",
+            &craft::tcp(api, 8080, db, 40000, TCP_SYN | TCP_ACK, &[]),
+        );
+        s.run(Duration::from_secs(10));
+        assert_eq!(
+            s.nodes[s.idx("db")].udp_in,
+            0,
+            "api initiated to an inbound-only peer"
+        );
+        // Once db opens a flow, api learns db's endpoint and replies flow.
+        s.send("db", &craft::tcp(db, 40000, api, 8080, TCP_SYN, &[]));
+        s.run(Duration::from_millis(100));
+        assert!(s.take_tun("api").iter().any(|p| is_tcp(p, TCP_SYN, 8080)));
+        assert!(
+            s.take_tun("db")
+                .iter()
+                .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, 40000))
+        );
+        let st = s.nodes[s.idx("api")].core.status(s.now);
+        assert_eq!(st.peers[0].endpoint, Some(s.nodes[s.idx("db")].udp));
+    }
 }
 
 #[test]
 fn endpoints_roam_on_authenticated_packets_only() {
-    let mut s = Sim::new(&["web", "api"], 17, 0.0);
-    s.apply(THREE_TIER);
-    let (web, api) = (s.addr("web", false), s.addr("api", false));
-    s.send("web", &craft::echo_request(web, api, 1, 1));
-    s.run(Duration::from_millis(100));
-    assert_eq!(s.take_tun("web").len(), 1);
-    // web moves to a new address (NAT rebinding); its next packet moves
-    // api's idea of web's endpoint, and api's replies follow.
-    let moved: SocketAddr = "198.51.100.7:40000".parse().unwrap();
-    let i = s.idx("web");
-    s.nodes[i].udp = moved;
-    s.send("web", &craft::echo_request(web, api, 1, 2));
-    s.run(Duration::from_millis(100));
-    assert_eq!(
-        s.take_tun("web").len(),
-        1,
-        "reply did not follow the roaming peer"
-    );
-    let a = s.idx("api");
-    let st = s.nodes[a].core.status(s.now);
-    assert_eq!(st.peers[0].endpoint, Some(moved));
-    assert!(
-        s.nodes[a]
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::EndpointChanged { endpoint, .. } if *endpoint == moved))
-    );
-    // A replayed datagram from elsewhere fails authentication and moves
-    // nothing.
-    s.send("web", &craft::echo_request(web, api, 1, 3));
-    let captured = s.in_flight.last().unwrap().3.clone();
-    s.run(Duration::from_millis(100));
-    let before = s.drops("api", DropReason::BadPacket);
-    let now = s.now;
-    let fake: SocketAddr = "203.0.113.9:1".parse().unwrap();
-    s.nodes[a].core.handle_udp(now, fake, &captured);
-    assert_eq!(s.nodes[a].core.status(now).peers[0].endpoint, Some(moved));
-    assert_eq!(s.drops("api", DropReason::BadPacket), before + 1);
+    // Both ways of feeding packets: queued, and lone as the driver
+    // does for interactive traffic.
+    for lone in [false, true] {
+        let mut s = Sim::new(&["web", "api"], 17, 0.0).lone(lone);
+        s.apply(THREE_TIER);
+        let (web, api) = (s.addr("web", false), s.addr("api", false));
+        s.send("web", &craft::echo_request(web, api, 1, 1));
+        s.run(Duration::from_millis(100));
+        assert_eq!(s.take_tun("web").len(), 1);
+        // web moves to a new address (NAT rebinding); its next packet moves
+        // api's idea of web's endpoint, and api's replies follow.
+        let moved: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        let i = s.idx("web");
+        s.nodes[i].udp = moved;
+        s.send("web", &craft::echo_request(web, api, 1, 2));
+        s.run(Duration::from_millis(100));
+        assert_eq!(
+            s.take_tun("web").len(),
+            1,
+            "reply did not follow the roaming peer"
+        );
+        let a = s.idx("api");
+        let st = s.nodes[a].core.status(s.now);
+        assert_eq!(st.peers[0].endpoint, Some(moved));
+        assert!(
+            s.nodes[a].events.iter().any(
+                |e| matches!(e, Event::EndpointChanged { endpoint, .. } if *endpoint == moved)
+            )
+        );
+        // A replayed datagram from elsewhere fails authentication and moves
+        // nothing.
+        s.send("web", &craft::echo_request(web, api, 1, 3));
+        let captured = s.in_flight.last().unwrap().3.clone();
+        s.run(Duration::from_millis(100));
+        let before = s.drops("api", DropReason::BadPacket);
+        let now = s.now;
+        let fake: SocketAddr = "203.0.113.9:1".parse().unwrap();
+        s.nodes[a].core.handle_udp(now, fake, &captured);
+        assert_eq!(s.nodes[a].core.status(now).peers[0].endpoint, Some(moved));
+        assert_eq!(s.drops("api", DropReason::BadPacket), before + 1);
+    }
 }
 
 #[test]
@@ -347,65 +370,135 @@ fn a_changed_key_replaces_the_peer() {
 
 #[test]
 fn key_rotation_costs_one_handshake_and_retires_the_old_key() {
-    let rules: &[(&str, &str, &[&str])] = &[("web", "api", &["icmp"]), ("api", "web", &["icmp"])];
-    let mut s = Sim::new(&["web", "api"], 23, 0.0);
-    s.apply(rules);
+    // Both ways of feeding packets: queued, and lone as the driver
+    // does for interactive traffic.
+    for lone in [false, true] {
+        let rules: &[(&str, &str, &[&str])] =
+            &[("web", "api", &["icmp"]), ("api", "web", &["icmp"])];
+        let mut s = Sim::new(&["web", "api"], 23, 0.0).lone(lone);
+        s.apply(rules);
+        let (web, api) = (s.addr("web", false), s.addr("api", false));
+        s.send("web", &craft::echo_request(web, api, 1, 1));
+        s.run(Duration::from_millis(100));
+        assert_eq!(s.take_tun("web").len(), 1);
+        s.take_tun("api");
+        let (w, a) = (s.idx("web"), s.idx("api"));
+        let old_secret = s.nodes[w].secret;
+        let old_key = s.key("web");
+
+        // The order production follows: the coordinator waits for api's ack of
+        // the rotation before answering web, so api holds the new key first.
+        s.nodes[w].secret = [42; 32];
+        let maps = s.netmaps(rules);
+        let now = s.now;
+        s.nodes[a].core.apply_netmap(now, &maps["api"]).unwrap();
+        // api talks to web in that window: queued in api's new tunnel, and
+        // api's initiation to the new key is not answered by web's old key.
+        s.send("api", &craft::echo_request(api, web, 2, 1));
+        s.run(Duration::from_millis(20));
+        let events_before = s.nodes[w].events.len();
+        let now = s.now;
+        let new_key = s.nodes[w].core.rotate_key(now, [42; 32]);
+        assert_eq!(new_key, s.key("web"));
+        s.nodes[w].core.apply_netmap(now, &maps["web"]).unwrap();
+        // One handshake round trip (2 x 5 ms) and the keepalive's trip later,
+        // the session exists and api's queued ping has reached web, without
+        // any timer firing.
+        let t0 = s.now;
+        s.run(Duration::from_millis(20));
+        let handshakes: Vec<_> = s.nodes[w].events[events_before..]
+            .iter()
+            .filter(|e| matches!(e, Event::Handshake { .. }))
+            .collect();
+        assert_eq!(handshakes.len(), 1, "{handshakes:?}");
+        assert!(s.now - t0 <= Duration::from_millis(20));
+        assert_eq!(s.take_tun("web").len(), 1, "api's queued ping");
+        s.run(Duration::from_millis(20));
+        assert_eq!(s.take_tun("api").len(), 1, "web's echo reply");
+        s.send("web", &craft::echo_request(web, api, 1, 2));
+        s.run(Duration::from_millis(20));
+        assert_eq!(s.take_tun("web").len(), 1, "api's echo reply");
+
+        // A node still holding the old key is refused by api.
+        let mut stale = segmesh_node::core::Node::new(old_secret, 99 << 16, s.now);
+        let mut old_map = s.netmaps(rules)["web"].clone();
+        old_map.node.public_key = old_key;
+        stale.apply_netmap(s.now, &old_map).unwrap();
+        stale.handle_tun(s.now, &craft::echo_request(web, api, 3, 1));
+        let init = stale.poll_transmit().expect("initiation");
+        let before = s.drops("api", DropReason::UnknownKey);
+        let now = s.now;
+        let from = s.nodes[w].udp;
+        s.nodes[a].core.handle_udp(now, from, &init.payload);
+        assert_eq!(s.drops("api", DropReason::UnknownKey), before + 1);
+        assert!(
+            s.nodes[a].core.poll_transmit().is_none(),
+            "answered the old key"
+        );
+    }
+}
+
+#[test]
+fn lone_calls_hand_back_the_packet_and_leave_the_queues_empty() {
+    let mut s = Sim::new(&["web", "api"], 29, 0.0).lone(true);
+    s.apply(THREE_TIER);
     let (web, api) = (s.addr("web", false), s.addr("api", false));
     s.send("web", &craft::echo_request(web, api, 1, 1));
     s.run(Duration::from_millis(100));
-    assert_eq!(s.take_tun("web").len(), 1);
+    assert_eq!(s.take_tun("web").len(), 1, "session up");
     s.take_tun("api");
     let (w, a) = (s.idx("web"), s.idx("api"));
-    let old_secret = s.nodes[w].secret;
-    let old_key = s.key("web");
-
-    // The order production follows: the coordinator waits for api's ack of
-    // the rotation before answering web, so api holds the new key first.
-    s.nodes[w].secret = [42; 32];
-    let maps = s.netmaps(rules);
     let now = s.now;
-    s.nodes[a].core.apply_netmap(now, &maps["api"]).unwrap();
-    // api talks to web in that window: queued in api's new tunnel, and
-    // api's initiation to the new key is not answered by web's old key.
-    s.send("api", &craft::echo_request(api, web, 2, 1));
-    s.run(Duration::from_millis(20));
-    let events_before = s.nodes[w].events.len();
-    let now = s.now;
-    let new_key = s.nodes[w].core.rotate_key(now, [42; 32]);
-    assert_eq!(new_key, s.key("web"));
-    s.nodes[w].core.apply_netmap(now, &maps["web"]).unwrap();
-    // One handshake round trip (2 x 5 ms) and the keepalive's trip later,
-    // the session exists and api's queued ping has reached web, without
-    // any timer firing.
-    let t0 = s.now;
-    s.run(Duration::from_millis(20));
-    let handshakes: Vec<_> = s.nodes[w].events[events_before..]
-        .iter()
-        .filter(|e| matches!(e, Event::Handshake { .. }))
-        .collect();
-    assert_eq!(handshakes.len(), 1, "{handshakes:?}");
-    assert!(s.now - t0 <= Duration::from_millis(20));
-    assert_eq!(s.take_tun("web").len(), 1, "api's queued ping");
-    s.run(Duration::from_millis(20));
-    assert_eq!(s.take_tun("api").len(), 1, "web's echo reply");
-    s.send("web", &craft::echo_request(web, api, 1, 2));
-    s.run(Duration::from_millis(20));
-    assert_eq!(s.take_tun("web").len(), 1, "api's echo reply");
-
-    // A node still holding the old key is refused by api.
-    let mut stale = segmesh_node::core::Node::new(old_secret, 99 << 16, s.now);
-    let mut old_map = s.netmaps(rules)["web"].clone();
-    old_map.node.public_key = old_key;
-    stale.apply_netmap(s.now, &old_map).unwrap();
-    stale.handle_tun(s.now, &craft::echo_request(web, api, 3, 1));
-    let init = stale.poll_transmit().expect("initiation");
-    let before = s.drops("api", DropReason::UnknownKey);
-    let now = s.now;
+    // A tracked flow: the datagram comes back to the caller, nothing queued.
+    let ping = craft::echo_request(web, api, 1, 2);
+    let mut out = Vec::new();
+    let (dst, n) = s.nodes[w]
+        .core
+        .handle_tun_lone(now, &ping, &mut out)
+        .expect("a datagram");
+    assert_eq!(dst, s.nodes[a].udp);
+    assert!(!s.nodes[w].core.has_output());
+    // On the far side the plain packet comes back, nothing queued either.
     let from = s.nodes[w].udp;
-    s.nodes[a].core.handle_udp(now, from, &init.payload);
-    assert_eq!(s.drops("api", DropReason::UnknownKey), before + 1);
+    let mut plain = Vec::new();
+    let m = s.nodes[a]
+        .core
+        .handle_udp_lone(now, from, &out[..n], &mut plain)
+        .expect("a packet");
+    assert_eq!(&plain[..m], &ping[..]);
+    assert!(!s.nodes[a].core.has_output());
+    // The same datagram again is a replay: nothing for the TUN, counted.
+    let before = s.drops("api", DropReason::BadPacket);
+    assert_eq!(
+        s.nodes[a]
+            .core
+            .handle_udp_lone(now, from, &out[..n], &mut plain),
+        None
+    );
+    assert_eq!(s.drops("api", DropReason::BadPacket), before + 1);
+    // A new flow: the datagram still comes back, and the flow's event waits.
+    let syn = craft::tcp(web, 40000, api, 8080, TCP_SYN, &[]);
     assert!(
-        s.nodes[a].core.poll_transmit().is_none(),
-        "answered the old key"
+        s.nodes[w]
+            .core
+            .handle_tun_lone(now, &syn, &mut out)
+            .is_some()
+    );
+    assert!(s.nodes[w].core.has_output());
+    assert!(matches!(
+        s.nodes[w].core.poll_event(),
+        Some(Event::Flow(f)) if f.verdict == Verdict::Allow && f.dst_port == 8080
+    ));
+    // Refused: nothing to send; the ICMP error waits for the TUN.
+    let denied = craft::tcp(web, 40001, api, 22, TCP_SYN, &[]);
+    assert_eq!(
+        s.nodes[w].core.handle_tun_lone(now, &denied, &mut out),
+        None
+    );
+    assert!(
+        s.nodes[w]
+            .core
+            .poll_tun_write()
+            .is_some_and(|p| is_prohibited(&p))
     );
 }

@@ -57,6 +57,10 @@ pub struct Sim {
     pub rng: Rng,
     pub loss: f64,
     pub latency: Duration,
+    /// Feed packets through the lone-packet calls (`handle_tun_lone`,
+    /// `handle_udp_lone`), as the driver does for interactive traffic,
+    /// instead of the queued ones.
+    pub lone: bool,
 }
 
 pub fn public(secret: [u8; 32]) -> PublicKey {
@@ -97,7 +101,61 @@ impl Sim {
             rng: Rng(seed),
             loss,
             latency: Duration::from_millis(5),
+            lone: false,
         }
+    }
+
+    /// The same simulation with every packet fed through the lone calls.
+    pub fn lone(mut self, lone: bool) -> Self {
+        self.lone = lone;
+        self
+    }
+
+    /// Node `i`'s local stack writes `packet` to its TUN device.
+    fn tun_read(&mut self, i: usize, packet: &[u8]) {
+        let now = self.now;
+        if !self.lone {
+            return self.nodes[i].core.handle_tun(now, packet);
+        }
+        let mut out = Vec::new();
+        if let Some((dst, n)) = self.nodes[i].core.handle_tun_lone(now, packet, &mut out) {
+            out.truncate(n);
+            self.transmit(i, dst, out);
+        }
+    }
+
+    /// A datagram from `from` arrives at node `i`.
+    fn udp_arrives(&mut self, i: usize, from: SocketAddr, payload: &[u8]) {
+        let now = self.now;
+        self.nodes[i].udp_in += 1;
+        if !self.lone {
+            return self.nodes[i].core.handle_udp(now, from, payload);
+        }
+        let mut out = Vec::new();
+        if let Some(n) = self.nodes[i]
+            .core
+            .handle_udp_lone(now, from, payload, &mut out)
+        {
+            out.truncate(n);
+            self.tun_write(i, out);
+        }
+    }
+
+    /// Node `i` sends a datagram (or the network loses it).
+    fn transmit(&mut self, i: usize, dst: SocketAddr, payload: Vec<u8>) {
+        if !self.rng.chance(self.loss) {
+            let src = self.nodes[i].udp;
+            self.in_flight
+                .push((self.now + self.latency, src, dst, payload));
+        }
+    }
+
+    /// Node `i` writes a packet to its TUN device; its kernel may answer.
+    fn tun_write(&mut self, i: usize, p: Vec<u8>) {
+        if let Some(answer) = kernel_answer(&p) {
+            self.tun_read(i, &answer);
+        }
+        self.nodes[i].tun_in.push(p);
     }
 
     pub fn idx(&self, name: &str) -> usize {
@@ -176,8 +234,7 @@ impl Sim {
     /// A local process on `name` sends `packet` into its TUN.
     pub fn send(&mut self, name: &str, packet: &[u8]) {
         let i = self.idx(name);
-        let now = self.now;
-        self.nodes[i].core.handle_tun(now, packet);
+        self.tun_read(i, packet);
         self.drain();
     }
 
@@ -187,27 +244,16 @@ impl Sim {
         loop {
             let mut busy = false;
             for i in 0..self.nodes.len() {
-                let now = self.now;
                 while let Some(t) = self.nodes[i].core.poll_transmit() {
                     busy = true;
-                    if !self.rng.chance(self.loss) {
-                        self.in_flight.push((
-                            now + self.latency,
-                            self.nodes[i].udp,
-                            t.dst,
-                            t.payload,
-                        ));
-                    }
+                    self.transmit(i, t.dst, t.payload);
                 }
                 while let Some(ev) = self.nodes[i].core.poll_event() {
                     self.nodes[i].events.push(ev);
                 }
                 while let Some(p) = self.nodes[i].core.poll_tun_write() {
                     busy = true;
-                    if let Some(answer) = kernel_answer(&p) {
-                        self.nodes[i].core.handle_tun(now, &answer);
-                    }
-                    self.nodes[i].tun_in.push(p);
+                    self.tun_write(i, p);
                 }
             }
             if !busy {
@@ -242,9 +288,8 @@ impl Sim {
                 .partition(|f| f.0 <= now);
             self.in_flight = rest;
             for (_, from, to, payload) in due {
-                if let Some(n) = self.nodes.iter_mut().find(|n| n.udp == to) {
-                    n.udp_in += 1;
-                    n.core.handle_udp(now, from, &payload);
+                if let Some(i) = self.nodes.iter().position(|n| n.udp == to) {
+                    self.udp_arrives(i, from, &payload);
                 }
             }
             for n in &mut self.nodes {
