@@ -61,6 +61,9 @@ pub enum Decision {
 struct Entry {
     peer: PublicKey,
     direction: Direction,
+    /// True when the flow was opened against its stored key's orientation
+    /// (see [`stored`]).
+    flipped: bool,
     /// True once a packet travelled against the original direction.
     replied: bool,
     closing: bool,
@@ -68,6 +71,26 @@ struct Entry {
 }
 
 type FragKey = (IpAddr, IpAddr, u8, u32);
+
+/// The key a flow is stored under, the same for both directions (the end
+/// with the lower port as source; on equal ports the lower address), and
+/// whether `key` is reversed from it. One entry per flow means one table
+/// probe per packet: with the opening direction's key as the index, every
+/// reply (half of a TCP stream's packets, every echo reply) first missed
+/// and then probed again. Ports first because they are cheap to compare
+/// and nearly always differ.
+fn stored(key: &FlowKey) -> (FlowKey, bool) {
+    let forward = match key.src_port.cmp(&key.dst_port) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => key.src <= key.dst,
+    };
+    if forward {
+        (*key, false)
+    } else {
+        (key.reversed(), true)
+    }
+}
 
 /// Connection tracking state of one node.
 #[derive(Debug)]
@@ -128,11 +151,10 @@ impl Filter {
             };
         }
         if let Class::Related(inner) = pkt.class {
-            let tracked = [inner, inner.reversed()].iter().any(|k| {
-                self.flows
-                    .get(k)
-                    .is_some_and(|e| e.peer == *peer && e.expires > now)
-            });
+            let tracked = self
+                .flows
+                .get(&stored(&inner).0)
+                .is_some_and(|e| e.peer == *peer && e.expires > now);
             return if tracked {
                 Decision::Pass
             } else {
@@ -140,17 +162,16 @@ impl Filter {
             };
         }
         let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-        for (k, reply) in [(*key, false), (key.reversed(), true)] {
-            if let Some(e) = self.flows.get_mut(&k)
-                && e.peer == *peer
-                && e.expires > now
-            {
-                e.replied |= reply;
-                e.closing |= closing;
-                e.expires = now + timeout(k.proto, e.replied, e.closing);
-                self.note_fragment(now, pkt);
-                return Decision::Pass;
-            }
+        let (k, flipped) = stored(key);
+        if let Some(e) = self.flows.get_mut(&k)
+            && e.peer == *peer
+            && e.expires > now
+        {
+            e.replied |= flipped != e.flipped;
+            e.closing |= closing;
+            e.expires = now + timeout(k.proto, e.replied, e.closing);
+            self.note_fragment(now, pkt);
+            return Decision::Pass;
         }
         let allowed = pkt.class == Class::Flow && ports.allows(key.proto, key.dst_port);
         if allowed && self.flows.len() >= self.max_flows {
@@ -160,11 +181,12 @@ impl Filter {
             let entry = Entry {
                 peer: *peer,
                 direction,
+                flipped,
                 replied: false,
                 closing,
                 expires: now + timeout(key.proto, false, closing),
             };
-            self.flows.insert(*key, entry);
+            self.flows.insert(k, entry);
             self.note_fragment(now, pkt);
             return Decision::New(Verdict::Allow);
         }
@@ -213,7 +235,10 @@ impl Filter {
     /// change: a removed peer, or ports taken away). `keep` sees the peer,
     /// who opened the flow, and its key in the opening direction.
     pub fn revalidate(&mut self, mut keep: impl FnMut(&PublicKey, Direction, &FlowKey) -> bool) {
-        self.flows.retain(|k, e| keep(&e.peer, e.direction, k));
+        self.flows.retain(|k, e| {
+            let opened = if e.flipped { k.reversed() } else { *k };
+            keep(&e.peer, e.direction, &opened)
+        });
         self.denied.clear();
     }
 
@@ -336,6 +361,45 @@ mod tests {
             f.check(t, &e, &PEER, Direction::Inbound, &PortSet::empty()),
             Decision::Drop
         );
+    }
+
+    #[test]
+    fn either_end_may_open_a_flow_and_its_replies_keep_it_alive() {
+        let (low, high) = addrs();
+        let t = Instant::now();
+        // Whichever end sorts first in the stored key (by port, or by
+        // address on equal ports), the opener's packets and the replies are
+        // one flow, a reply extends it, and revalidate sees the key in the
+        // opening direction.
+        for (me, them) in [(low, high), (high, low)] {
+            for (mine, theirs) in [(5000, 53), (53, 5000), (4242, 4242)] {
+                let mut f = Filter::default();
+                let q = parse(&craft::udp(me, mine, them, theirs, b"q")).unwrap();
+                let a = parse(&craft::udp(them, theirs, me, mine, b"a")).unwrap();
+                assert_eq!(
+                    f.check(t, &q, &PEER, Direction::Outbound, &PortSet::any()),
+                    Decision::New(Verdict::Allow)
+                );
+                assert_eq!(
+                    f.check(t, &a, &PEER, Direction::Inbound, &PortSet::empty()),
+                    Decision::Pass
+                );
+                assert_eq!(f.len(), 1, "one entry for both directions");
+                // Unreplied it would be gone after 30 s; replied, 180 s.
+                let later = t + UDP_UNREPLIED + Duration::from_secs(1);
+                f.sweep(later);
+                assert_eq!(
+                    f.check(later, &q, &PEER, Direction::Outbound, &PortSet::empty()),
+                    Decision::Pass
+                );
+                let mut seen = Vec::new();
+                f.revalidate(|_, dir, k| {
+                    seen.push((dir, *k));
+                    true
+                });
+                assert_eq!(seen, vec![(Direction::Outbound, q.key)]);
+            }
+        }
     }
 
     #[test]
