@@ -15,8 +15,8 @@
 //! same one, instead of a different thread (often on another, idle, CPU)
 //! for each direction plus the TUN thread of the answering node, woken for
 //! nothing when the local stack's reply lands on the TUN. A batch of more
-//! than [`BULK_BATCH`] packets, or many batches in a short time, wakes the
-//! UDP thread; after [`IDLE_AFTER`] without a datagram it parks again.
+//! than `BULK_BATCH` packets, or many batches in a short time, wakes the
+//! UDP thread; after `IDLE_AFTER` without a datagram it parks again.
 //!
 //! One shortcut crosses directions: a packet written to the TUN device is
 //! usually answered by the local stack before the write returns (an echo

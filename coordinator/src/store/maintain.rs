@@ -9,9 +9,9 @@
 //! firewall records stay unambiguous. Deleting the row frees them for
 //! enrollment (lowest free address, see [`super::alloc`]).
 //!
-//! The queries are expanded into each backend by [`maintain_tx`]; how the
+//! The queries are expanded into each backend by `maintain_tx`; how the
 //! pass runs once across coordinators is the backend's `maintenance()`
-//! transaction (see [`super::sql`]).
+//! transaction (see `super::sql`).
 
 use std::time::Duration;
 

@@ -96,7 +96,7 @@ const TABLES: &[Table] = &[
     ),
 ];
 
-/// Rows copied per table, in [`TABLES`] order.
+/// Rows copied per table, in `TABLES` order.
 pub type CopyReport = Vec<(&'static str, u64)>;
 
 /// `migrate-store --from sqlite://… --to postgres://…`: checks the

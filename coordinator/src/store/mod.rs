@@ -7,7 +7,7 @@
 //! coordinators. No method relies on in-process locking: writers are
 //! serialised by the database, allocation happens inside the enrolling
 //! transaction and is backed by UNIQUE constraints, and versions are
-//! compared-and-set in SQL. Both backends run the same queries ([`sql`]).
+//! compared-and-set in SQL. Both backends run the same queries (`sql`).
 
 pub mod alloc;
 mod location;

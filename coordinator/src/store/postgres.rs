@@ -1,5 +1,5 @@
 //! [`Store`] on PostgreSQL, shared by several coordinators. The methods are
-//! the SQLite ones (see [`super::sql`]); what differs is how writers are
+//! the SQLite ones (see `super::sql`); what differs is how writers are
 //! kept apart and how other coordinators hear of changes.
 //!
 //! Every write transaction first takes one transaction-level advisory lock

@@ -1,5 +1,5 @@
 //! [`Store`] on SQLite: WAL, migrations at open, one transaction per method.
-//! The methods themselves are shared with PostgreSQL (see [`super::sql`]).
+//! The methods themselves are shared with PostgreSQL (see `super::sql`).
 //!
 //! Write transactions start with `BEGIN IMMEDIATE`, so two writers queue on
 //! SQLite's write lock (with a busy timeout) instead of failing when a read
