@@ -299,6 +299,24 @@ pub fn is_local_noise(dst: IpAddr) -> bool {
     }
 }
 
+/// Whether the local stack may answer `packet`, an IP packet being
+/// written to the TUN device, before the write returns (an echo request's
+/// reply, a SYN's SYN-ACK, data an ACK releases): all but an ICMP echo
+/// reply and a UDP datagram, which only a process answers, later. A hint
+/// for reading the TUN right after the write: a wrong guess costs one
+/// system call (the answer is then found by the next wait), never a packet.
+pub fn may_draw_answer(packet: &[u8]) -> bool {
+    let (proto, l4) = match packet.first().map(|b| b >> 4) {
+        Some(4) => (packet.get(9), packet.get(usize::from(packet[0] & 0xf) * 4)),
+        Some(6) => (packet.get(6), packet.get(40)),
+        _ => return true,
+    };
+    !matches!(
+        (proto.copied(), l4.copied()),
+        (Some(PROTO_UDP), _) | (Some(PROTO_ICMP), Some(0)) | (Some(PROTO_ICMPV6), Some(129))
+    )
+}
+
 /// RFC 1071 one's-complement sum, folded, not yet inverted.
 pub(crate) fn sum16(mut acc: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
@@ -430,6 +448,26 @@ mod tests {
         p[10..12].copy_from_slice(&c.to_be_bytes());
         p.extend_from_slice(l4);
         p
+    }
+
+    #[test]
+    fn only_echo_replies_and_udp_are_sure_to_draw_no_answer_from_the_stack() {
+        use crate::craft;
+        let pairs: [(IpAddr, IpAddr); 2] = [
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()),
+            ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap()),
+        ];
+        for (a, b) in pairs {
+            assert!(may_draw_answer(&craft::echo_request(a, b, 1, 1)));
+            assert!(!may_draw_answer(&craft::echo_reply(a, b, 1, 1)));
+            assert!(!may_draw_answer(&craft::udp(a, 53, b, 5000, b"x")));
+            assert!(may_draw_answer(&craft::tcp(a, 1, b, 2, TCP_SYN, &[])));
+            assert!(may_draw_answer(&craft::tcp(a, 1, b, 2, TCP_ACK, b"data")));
+        }
+        // Anything it cannot read is assumed to be answered.
+        assert!(may_draw_answer(&[]));
+        assert!(may_draw_answer(&[0x45, 0, 0]));
+        assert!(may_draw_answer(&[0x10; 40]));
     }
 
     #[test]

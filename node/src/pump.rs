@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{Event, Node, Transmit};
 use crate::dataplane::Shared;
+use crate::packet::may_draw_answer;
 use crate::tunio::{TunIo, TunRead, TunWrite};
 use crate::udpio::{RecvBatch, SendBatch, UdpIo};
 use crate::waitset::{Ready, WaitSet};
@@ -457,10 +458,11 @@ impl Pump {
 
     /// Reads one batch from each socket in `ready` (without waiting) and
     /// writes what they yield to the TUN; the number of datagrams (0 when
-    /// nothing was queued) and whether anything went to the TUN. With
-    /// `answer`, reads the TUN's answer after each write (the TUN thread,
-    /// which reads it next anyway, passes false). Call with the UDP side
-    /// locked.
+    /// nothing was queued) and whether the TUN may now hold the local
+    /// stack's answer (something went to it; for a lone packet, one that
+    /// may draw an answer). With `answer`, reads the TUN's answer after
+    /// each such write (the TUN thread, which reads it next anyway, passes
+    /// false). Call with the UDP side locked.
     fn udp_once(
         &self,
         side: &mut Option<UdpSide>,
@@ -502,7 +504,11 @@ impl Pump {
                 if let Some(len) = got {
                     self.tun.send_lone(&mut lone[..len]);
                 }
-                (more && out.flush(&self.udp, &self.tun)) || got.is_some()
+                // Whether to read the local stack's answer at once: not
+                // after an echo reply or a UDP datagram (see
+                // `packet::may_draw_answer`).
+                let answerable = got.is_some_and(|len| may_draw_answer(&lone[..len]));
+                (more && out.flush(&self.udp, &self.tun)) || answerable
             } else {
                 {
                     let mut core = self.shared.lock();
