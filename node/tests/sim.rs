@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
@@ -17,6 +17,32 @@ use segmesh_node::core::Event;
 use segmesh_node::craft;
 use segmesh_node::packet::{self, Class, TCP_ACK, TCP_SYN};
 use segmesh_node::status::{DropReason, Verdict};
+/// `client` (node, address, port) sends a SYN to `server`; the server's
+/// TUN gets it and the client's gets the SYN-ACK back.
+fn syn_answered(s: &mut Sim, client: (&str, IpAddr, u16), server: (&str, IpAddr, u16)) {
+    let ((c, caddr, cport), (sv, saddr, sport)) = (client, server);
+    s.send(c, &craft::tcp(caddr, cport, saddr, sport, TCP_SYN, &[]));
+    s.run(Duration::from_millis(100));
+    assert!(
+        s.take_tun(sv).iter().any(|p| is_tcp(p, TCP_SYN, sport)),
+        "{c} -> {sv}"
+    );
+    assert!(
+        s.take_tun(c)
+            .iter()
+            .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, cport)),
+        "{sv} -> {c}"
+    );
+}
+
+/// `node` sends `packet` and counts exactly one more drop for `reason`.
+fn dropped(s: &mut Sim, node: &str, packet: &[u8], reason: DropReason) {
+    let before = s.drops(node, reason);
+    s.send(node, packet);
+    s.run(Duration::from_millis(100));
+    assert_eq!(s.drops(node, reason), before + 1, "{node}: {reason:?}");
+}
+
 #[test]
 fn allowed_flows_pass_denied_and_unrouted_are_dropped() {
     // Both ways of feeding packets: queued, and lone as the driver
@@ -27,22 +53,10 @@ fn allowed_flows_pass_denied_and_unrouted_are_dropped() {
         for v6 in [false, true] {
             let (web, api, db) = (s.addr("web", v6), s.addr("api", v6), s.addr("db", v6));
             // web -> api tcp/8080: the SYN reaches api, the SYN-ACK comes back.
-            s.send("web", &craft::tcp(web, 40000, api, 8080, TCP_SYN, &[]));
-            s.run(Duration::from_millis(100));
-            assert!(
-                s.take_tun("api").iter().any(|p| is_tcp(p, TCP_SYN, 8080)),
-                "v6={v6}"
-            );
-            assert!(
-                s.take_tun("web")
-                    .iter()
-                    .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, 40000))
-            );
+            syn_answered(&mut s, ("web", web, 40000), ("api", api, 8080));
             // web -> db: no peer, so no route and an ICMP prohibited locally.
-            let before = s.drops("web", DropReason::NoRoute);
-            s.send("web", &craft::tcp(web, 40001, db, 5432, TCP_SYN, &[]));
-            s.run(Duration::from_millis(100));
-            assert_eq!(s.drops("web", DropReason::NoRoute), before + 1);
+            let syn = craft::tcp(web, 40001, db, 5432, TCP_SYN, &[]);
+            dropped(&mut s, "web", &syn, DropReason::NoRoute);
             assert!(s.take_tun("web").iter().all(|p| is_prohibited(p)));
             let stray = s.take_tun("db");
             assert!(
@@ -51,24 +65,13 @@ fn allowed_flows_pass_denied_and_unrouted_are_dropped() {
                 stray.iter().map(|p| packet::parse(p)).collect::<Vec<_>>()
             );
             // web -> api tcp/22: known peer, port not allowed.
-            let before = s.drops("web", DropReason::Policy);
-            s.send("web", &craft::tcp(web, 40002, api, 22, TCP_SYN, &[]));
-            s.run(Duration::from_millis(100));
-            assert_eq!(s.drops("web", DropReason::Policy), before + 1);
+            let syn = craft::tcp(web, 40002, api, 22, TCP_SYN, &[]);
+            dropped(&mut s, "web", &syn, DropReason::Policy);
             assert!(s.take_tun("api").is_empty());
             // api -> db tcp/5432 works; db (inbound-only towards api) cannot open.
-            s.send("api", &craft::tcp(api, 41000, db, 5432, TCP_SYN, &[]));
-            s.run(Duration::from_millis(100));
-            assert!(s.take_tun("db").iter().any(|p| is_tcp(p, TCP_SYN, 5432)));
-            assert!(
-                s.take_tun("api")
-                    .iter()
-                    .any(|p| is_tcp(p, TCP_SYN | TCP_ACK, 41000))
-            );
-            let before = s.drops("db", DropReason::Policy);
-            s.send("db", &craft::tcp(db, 5432, api, 8080, TCP_SYN, &[]));
-            s.run(Duration::from_millis(100));
-            assert_eq!(s.drops("db", DropReason::Policy), before + 1);
+            syn_answered(&mut s, ("api", api, 41000), ("db", db, 5432));
+            let syn = craft::tcp(db, 5432, api, 8080, TCP_SYN, &[]);
+            dropped(&mut s, "db", &syn, DropReason::Policy);
             assert!(s.take_tun("api").is_empty());
             assert!(s.take_tun("db").iter().all(|p| is_prohibited(p)));
         }
