@@ -505,3 +505,32 @@ fn lone_calls_hand_back_the_packet_and_leave_the_queues_empty() {
             .is_some_and(|p| is_prohibited(&p))
     );
 }
+
+#[test]
+fn recycled_buffers_carry_exactly_each_packet() {
+    // The core's buffers are reused without zeroing: after a full-size
+    // packet, shorter ones must still leave and arrive byte for byte, with
+    // nothing of the earlier packet's tail (which the peer could not even
+    // authenticate) on the wire or on the TUN, queued and lone alike.
+    for lone in [false, true] {
+        let mut s = Sim::new(&["web", "api"], 31, 0.0).lone(lone);
+        s.apply(THREE_TIER);
+        let (web, api) = (s.addr("web", false), s.addr("api", false));
+        syn_answered(&mut s, ("web", web, 40000), ("api", api, 8080));
+        s.take_tun("api");
+        for len in [1300, 1, 700, 0, 1300, 20] {
+            let data = craft::tcp(web, 40000, api, 8080, TCP_ACK, &vec![0xa5; len]);
+            s.send("web", &data);
+            s.run(Duration::from_millis(10));
+            assert_eq!(s.take_tun("api"), vec![data], "lone {lone}, {len} bytes");
+            let back = craft::tcp(api, 8080, web, 40000, TCP_ACK, &vec![0x5a; len / 2]);
+            s.send("api", &back);
+            s.run(Duration::from_millis(10));
+            assert_eq!(
+                s.take_tun("web"),
+                vec![back],
+                "lone {lone}, {len} bytes back"
+            );
+        }
+    }
+}

@@ -142,20 +142,26 @@ impl Sim {
     }
 
     /// Node `i` sends a datagram (or the network loses it).
+    /// Node `i` sends a datagram. The network gets a copy and the buffer
+    /// goes back to the core, as the driver hands back spent buffers: the
+    /// core's next outputs are then written over earlier packets' bytes.
     fn transmit(&mut self, i: usize, dst: SocketAddr, payload: Vec<u8>) {
         if !self.rng.chance(self.loss) {
             let src = self.nodes[i].udp;
             self.in_flight
-                .push((self.now + self.latency, src, dst, payload));
+                .push((self.now + self.latency, src, dst, payload.clone()));
         }
+        self.nodes[i].core.recycle(payload);
     }
 
     /// Node `i` writes a packet to its TUN device; its kernel may answer.
+    /// The buffer goes back to the core as in `transmit`.
     fn tun_write(&mut self, i: usize, p: Vec<u8>) {
         if let Some(answer) = kernel_answer(&p) {
             self.tun_read(i, &answer);
         }
-        self.nodes[i].tun_in.push(p);
+        self.nodes[i].tun_in.push(p.clone());
+        self.nodes[i].core.recycle(p);
     }
 
     pub fn idx(&self, name: &str) -> usize {
