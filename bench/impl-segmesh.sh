@@ -10,6 +10,8 @@
 # end as its only peer (ICMP and the iperf3 port both ways, so the stateful
 # filter is on the measured path), and a node.toml. The netmaps are written
 # directly as JSON in the format `segmeshctl policy netmap --json` produces.
+# scripts/build-pgo sources this file too, for sm_netmap and sm_config (its
+# training run uses the same two-node setup).
 # Env: SEGMESH_BIN (default: segmesh-node from PATH), SEGMESH_THREADS
 # (worker threads, default: the node's own default), SEGMESH_OFFLOAD
 # (true|false: TUN/UDP offloads, default: the node's own default, true),
