@@ -17,6 +17,16 @@ use segmesh_node::core::Event;
 use segmesh_node::craft;
 use segmesh_node::packet::{self, Class, TCP_ACK, TCP_SYN};
 use segmesh_node::status::{DropReason, Verdict};
+
+/// Nodes web and api under the three-tier policy, fed queued or `lone`,
+/// with `loss` on the network; and their IPv4 addresses.
+fn web_api(seed: u64, loss: f64, lone: bool) -> (Sim, IpAddr, IpAddr) {
+    let mut s = Sim::new(&["web", "api"], seed, loss).lone(lone);
+    s.apply(THREE_TIER);
+    let (web, api) = (s.addr("web", false), s.addr("api", false));
+    (s, web, api)
+}
+
 /// `client` (node, address, port) sends a SYN to `server`; the server's
 /// TUN gets it and the client's gets the SYN-ACK back.
 fn syn_answered(s: &mut Sim, client: (&str, IpAddr, u16), server: (&str, IpAddr, u16)) {
@@ -120,9 +130,7 @@ fn pings_get_through_under_loss() {
     // does for interactive traffic.
     for lone in [false, true] {
         for seed in 0..4 {
-            let mut s = Sim::new(&["web", "api"], seed, 0.3).lone(lone);
-            s.apply(THREE_TIER);
-            let (web, api) = (s.addr("web", false), s.addr("api", false));
+            let (mut s, web, api) = web_api(seed, 0.3, lone);
             let mut replies = 0;
             for seq in 0..30 {
                 s.send("web", &craft::echo_request(web, api, 77, seq));
@@ -298,9 +306,7 @@ fn endpoints_roam_on_authenticated_packets_only() {
     // Both ways of feeding packets: queued, and lone as the driver
     // does for interactive traffic.
     for lone in [false, true] {
-        let mut s = Sim::new(&["web", "api"], 17, 0.0).lone(lone);
-        s.apply(THREE_TIER);
-        let (web, api) = (s.addr("web", false), s.addr("api", false));
+        let (mut s, web, api) = web_api(17, 0.0, lone);
         s.send("web", &craft::echo_request(web, api, 1, 1));
         s.run(Duration::from_millis(100));
         assert_eq!(s.take_tun("web").len(), 1);
@@ -443,9 +449,7 @@ fn key_rotation_costs_one_handshake_and_retires_the_old_key() {
 
 #[test]
 fn lone_calls_hand_back_the_packet_and_leave_the_queues_empty() {
-    let mut s = Sim::new(&["web", "api"], 29, 0.0).lone(true);
-    s.apply(THREE_TIER);
-    let (web, api) = (s.addr("web", false), s.addr("api", false));
+    let (mut s, web, api) = web_api(29, 0.0, true);
     s.send("web", &craft::echo_request(web, api, 1, 1));
     s.run(Duration::from_millis(100));
     assert_eq!(s.take_tun("web").len(), 1, "session up");
@@ -513,9 +517,7 @@ fn recycled_buffers_carry_exactly_each_packet() {
     // nothing of the earlier packet's tail (which the peer could not even
     // authenticate) on the wire or on the TUN, queued and lone alike.
     for lone in [false, true] {
-        let mut s = Sim::new(&["web", "api"], 31, 0.0).lone(lone);
-        s.apply(THREE_TIER);
-        let (web, api) = (s.addr("web", false), s.addr("api", false));
+        let (mut s, web, api) = web_api(31, 0.0, lone);
         syn_answered(&mut s, ("web", web, 40000), ("api", api, 8080));
         s.take_tun("api");
         for len in [1300, 1, 700, 0, 1300, 20] {
