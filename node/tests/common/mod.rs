@@ -141,10 +141,10 @@ impl Sim {
         }
     }
 
-    /// Node `i` sends a datagram (or the network loses it).
-    /// Node `i` sends a datagram. The network gets a copy and the buffer
-    /// goes back to the core, as the driver hands back spent buffers: the
-    /// core's next outputs are then written over earlier packets' bytes.
+    /// Node `i` sends a datagram (or the network loses it). The network
+    /// gets a copy and the buffer goes back to the core, as the driver hands
+    /// back spent buffers: the core's next outputs are then written over
+    /// earlier packets' bytes.
     fn transmit(&mut self, i: usize, dst: SocketAddr, payload: Vec<u8>) {
         if !self.rng.chance(self.loss) {
             let src = self.nodes[i].udp;
