@@ -805,7 +805,15 @@ fn with_sockaddr(
 
 /// A peer socket: bound to `local` (the listening socket's address and
 /// port) and connected to `dst`, with GRO like the listening socket.
+///
+/// An IPv4 endpoint of a dual-stack listener (`[::]`) gets an IPv4 socket
+/// on `0.0.0.0` and the same port: a dual-stack socket connected to a
+/// v4-mapped address keeps no route, since the kernel hands each of its
+/// sends to the IPv4 code with the address filled in, as if unconnected
+/// (perf on an idle tunnel: a route lookup and a local-address check in
+/// every `sendto`, which the IPv4 socket does not make).
 fn connected_socket(local: SocketAddr, dst: SocketAddr, gro: bool) -> io::Result<OwnedFd> {
+    let (local, dst) = peer_socket_addrs(local, dst);
     let fd = new_socket(local)?;
     bind_fd(&fd, local)?;
     with_sockaddr(&fd, dst, libc::connect)?;
@@ -813,6 +821,19 @@ fn connected_socket(local: SocketAddr, dst: SocketAddr, gro: bool) -> io::Result
         setsockopt(fd.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1)?;
     }
     Ok(fd)
+}
+
+/// The (local, remote) addresses of `dst`'s peer socket: the listening
+/// socket's, except that an IPv4 endpoint (plain or v4-mapped) of a
+/// wildcard IPv6 listener is reached from the IPv4 wildcard.
+fn peer_socket_addrs(local: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
+    match (local, from_v6(dst)) {
+        (SocketAddr::V6(l), SocketAddr::V4(d)) if l.ip().is_unspecified() => (
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), l.port()),
+            SocketAddr::V4(d),
+        ),
+        _ => (local, dst),
+    }
 }
 
 /// Large socket buffers absorb bursts; the FORCE variants (we hold
@@ -983,6 +1004,61 @@ mod tests {
         a.send(&mut batch, [(stranger_addr, &b"reply"[..], false)]);
         assert_eq!(a.sockets(), 2, "no socket for an address not vouched for");
         assert_eq!(a.recv(&mut rb, 7).unwrap(), 0, "no such socket");
+    }
+
+    /// Behind a dual-stack listener (`[::]`, the node's default), an IPv4
+    /// endpoint's peer socket is an IPv4 one (a v4-mapped connection would
+    /// keep no route), on the listener's port, and its answers arrive on
+    /// it with the plain IPv4 address; an IPv6 endpoint's stays IPv6.
+    #[test]
+    fn a_dual_stack_listener_reaches_ipv4_endpoints_from_an_ipv4_socket() {
+        let a = UdpIo::new(bind_shared("[::]:0".parse().unwrap()).unwrap(), true, true).unwrap();
+        let port = a.local_addr().unwrap().port();
+        let set = Arc::new(WaitSet::new().unwrap());
+        set.add(a.fd(), 2).unwrap();
+        a.watch_in(vec![set.clone()], 2);
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let mut batch = SendBatch::default();
+        a.send_lone(&mut batch, peer_addr, b"hello", true);
+        assert_eq!(a.sockets(), 2);
+        let fd = a.fds[1].load(Ordering::Acquire);
+        assert_eq!(
+            getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap(),
+            libc::AF_INET
+        );
+        let mut buf = [0u8; 64];
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from.port()),
+            (&b"hello"[..], port),
+            "the listener's port"
+        );
+        peer.send_to(b"answer", ("127.0.0.1", port)).unwrap();
+        let mut ready = Ready::default();
+        for _ in 0..50 {
+            ready = set.wait(Duration::from_millis(100)).unwrap();
+            if ready.has(3) {
+                break;
+            }
+        }
+        assert!(
+            ready.has(3) && !ready.has(2),
+            "on the peer socket: {ready:?}"
+        );
+        let mut rb = RecvBatch::new(&a);
+        assert_eq!(a.recv(&mut rb, 1).unwrap(), 1);
+        assert_eq!(
+            rb.lone().map(|(f, d)| (f, d.to_vec())),
+            Some((peer_addr, b"answer".to_vec()))
+        );
+        let (local, dst) =
+            peer_socket_addrs(a.local_addr().unwrap(), "[fd00::1]:7".parse().unwrap());
+        assert_eq!(
+            (local, dst.to_string()),
+            (a.local_addr().unwrap(), "[fd00::1]:7".into())
+        );
     }
 
     /// Past the limit an endpoint is served by the listening socket, and
