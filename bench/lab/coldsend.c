@@ -7,11 +7,14 @@
  *                                datagram from each of three sockets, GAP_US
  *                                asleep before each send, and times the call
  *
- * The three senders: an unconnected dual-stack IPv6 socket with a v4-mapped
- * destination (segmesh-node's one socket), a connected IPv4 socket
- * (boringtun-cli's per-peer sockets), an unconnected IPv4 socket. They
+ * The four senders: an unconnected dual-stack IPv6 socket with a v4-mapped
+ * destination (segmesh-node's listening socket), a connected IPv4 socket
+ * (boringtun-cli's per-peer sockets, and segmesh-node's peer sockets for
+ * IPv4 endpoints), an unconnected IPv4 socket, and a dual-stack socket
+ * connected to the v4-mapped address (segmesh-node's peer sockets before
+ * they became IPv4 ones: the kernel keeps no route for it). They
  * alternate within each round, so the host's drift over minutes falls on
- * all three alike. The send's time includes the receiving namespace's
+ * all alike. The send's time includes the receiving namespace's
  * softirq work and the receiver's wakeup, done in the sender's context on
  * a veth. Why: an unconnected socket looks the route up on every send,
  * a connected one keeps it (sk_dst_cache); after an idle gap that lookup
@@ -27,7 +30,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-enum { ROUNDS = 600, SENDERS = 3 };
+enum { ROUNDS = 600, SENDERS = 4 };
 
 static uint64_t now_ns(void) {
     struct timespec t;
@@ -64,12 +67,15 @@ static int transmit(const char *dst, int port, long gap_us) {
         return 2;
     }
     int v6 = socket(AF_INET6, SOCK_DGRAM, 0), conn = socket(AF_INET, SOCK_DGRAM, 0),
-        v4 = socket(AF_INET, SOCK_DGRAM, 0);
-    if (v6 < 0 || conn < 0 || v4 < 0) die("socket");
+        v4 = socket(AF_INET, SOCK_DGRAM, 0), conn6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    if (v6 < 0 || conn < 0 || v4 < 0 || conn6 < 0) die("socket");
     if (setsockopt(v6, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off)) die("IPV6_V6ONLY");
+    if (setsockopt(conn6, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off)) die("IPV6_V6ONLY");
     if (connect(conn, (struct sockaddr *)&d4, sizeof d4)) die("connect");
+    if (connect(conn6, (struct sockaddr *)&d6, sizeof d6)) die("connect v4-mapped");
     static uint64_t t[SENDERS][ROUNDS];
-    const char *name[SENDERS] = {"unconnected IPv6 (v4-mapped)", "connected IPv4", "unconnected IPv4"};
+    const char *name[SENDERS] = {"unconnected IPv6 (v4-mapped)", "connected IPv4", "unconnected IPv4",
+                                "connected IPv6 (v4-mapped)"};
     char payload[128] = {4};
     struct timespec gap = {gap_us / 1000000, (gap_us % 1000000) * 1000};
     for (int r = 0; r < ROUNDS; r++) {
@@ -78,7 +84,8 @@ static int transmit(const char *dst, int port, long gap_us) {
             uint64_t t0 = now_ns();
             ssize_t n = k == 0 ? sendto(v6, payload, sizeof payload, 0, (struct sockaddr *)&d6, sizeof d6)
                       : k == 1 ? send(conn, payload, sizeof payload, 0)
-                               : sendto(v4, payload, sizeof payload, 0, (struct sockaddr *)&d4, sizeof d4);
+                      : k == 2 ? sendto(v4, payload, sizeof payload, 0, (struct sockaddr *)&d4, sizeof d4)
+                               : send(conn6, payload, sizeof payload, 0);
             t[k][r] = now_ns() - t0;
             if (n != (ssize_t)sizeof payload) die("send");
         }

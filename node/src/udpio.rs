@@ -14,7 +14,8 @@
 //! (`SO_REUSEPORT`) and connected to the endpoint. An unconnected socket
 //! looks the route up on every send; a connected one keeps it, which saves
 //! 5-6 us per send on an idle tunnel (docs/benchmarks.md, "A fourth
-//! host"). The kernel then delivers that endpoint's datagrams to the
+//! host"); behind a dual-stack listener, only if an IPv4 endpoint's socket
+//! is an IPv4 one ([`peer_socket_addrs`]). The kernel then delivers that endpoint's datagrams to the
 //! connected socket (an exact match wins over the wildcard), so the packet
 //! threads wait on and read every socket. Peer sockets are made only for
 //! endpoints the core vouches for, at most [`MAX_PEER_SOCKETS`], and live
