@@ -13,14 +13,15 @@
 //! lone datagram goes to gets its own socket, bound to the same port
 //! (`SO_REUSEPORT`) and connected to the endpoint. An unconnected socket
 //! looks the route up on every send; a connected one keeps it, which saves
-//! 5-6 us per send on an idle tunnel (docs/benchmarks.md, "A fourth
-//! host"); behind a dual-stack listener, only if an IPv4 endpoint's socket
-//! is an IPv4 one ([`peer_socket_addrs`]). The kernel then delivers that endpoint's datagrams to the
-//! connected socket (an exact match wins over the wildcard), so the packet
-//! threads wait on and read every socket. Peer sockets are made only for
-//! endpoints the core vouches for, at most [`MAX_PEER_SOCKETS`], and live
-//! as long as the node: never closing one while a thread may read it keeps
-//! descriptor numbers from being reused under a reader.
+//! 3-6 us per send on an idle tunnel (docs/benchmarks.md, "A fourth host"
+//! and "An Intel host"); behind a dual-stack listener, only if an IPv4
+//! endpoint's socket is an IPv4 one (`peer_socket_addrs`). The kernel
+//! then delivers that endpoint's datagrams to the connected socket (an
+//! exact match wins over the wildcard), so the packet threads wait on and
+//! read every socket. Peer sockets are made only for endpoints the core
+//! vouches for, at most [`MAX_PEER_SOCKETS`], and live as long as the node:
+//! never closing one while a thread may read it keeps descriptor numbers
+//! from being reused under a reader.
 
 use std::collections::HashMap;
 use std::io;
