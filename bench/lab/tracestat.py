@@ -3,7 +3,8 @@
 
 syscalls TRACE N: per thread and system call, the median on-CPU time from
 entry to exit (time switched out excluded), and the median user time
-between the exit of one call and the entry of the next.
+between the exit of one call and the entry of the next; each also as the
+mean of its lower 90%, which resolves differences below the trace's 1 us.
 
 timeline TRACE TIDS_A TIDS_B: per ping (ping's sendto to its recvmsg), the
 time between the legs through node A (TIDS_A, comma-separated) and node B:
@@ -18,6 +19,7 @@ LINE = re.compile(r'\s*(.+?)-(\d+)\s+\[(\d+)\]\s+\S+\s+([\d.]+):\s+(\w+):\s+(.*)
 NAMES = {0: 'read', 1: 'write', 7: 'poll', 20: 'writev', 44: 'sendto', 45: 'recvfrom',
          47: 'recvmsg', 202: 'futex', 232: 'epoll_wait', 233: 'epoll_ctl', 299: 'recvmmsg'}
 SENDTO, WRITE, WRITEV, RECVMSG = 44, 1, 20, 47
+AGAIN = 100000   # added to a call's number when it returned EAGAIN
 
 
 def events(path):
@@ -41,6 +43,13 @@ def median(v):
     return v[len(v) // 2]
 
 
+def low_mean(v):
+    """The mean of the lower 90%: below the trace's 1 us resolution where a
+    median is not, without the outliers (interrupts, preemption)."""
+    v = sorted(v)[:max(1, len(v) * 9 // 10)]
+    return sum(v) / len(v)
+
+
 def syscalls(path, n):
     inside = {}    # tid -> [nr, on-CPU since (None while switched out), accumulated]
     after = {}     # tid -> (nr, exit time)
@@ -62,17 +71,21 @@ def syscalls(path, n):
             inside[tid] = [nr, ts, 0.0]
         elif ev == 'sys_exit' and tid in inside and inside[tid][1] is not None:
             nr, t0, acc = inside.pop(tid)
+            if rest.endswith('= -11'):
+                nr += AGAIN   # a call that found nothing: its own row
             dur[(tid, nr)].append(acc + ts - t0)
             after[tid] = (nr, ts)
-    name = lambda nr: NAMES.get(nr, str(nr))
-    print('on-CPU per system call (us, medians):')
+    def name(nr):
+        base = NAMES.get(nr % AGAIN, str(nr % AGAIN))
+        return base + '/EAGAIN' if nr >= AGAIN else base
+    print('on-CPU per system call (us, medians; means of the lower 90%):')
     for (tid, nr), v in sorted(dur.items()):
         if len(v) >= n / 10:
-            print(f'  {tid:>7} {name(nr):>10}  n {len(v):5d}  {median(v):5.1f}')
-    print('user time between calls (us, medians):')
+            print(f'  {tid:>7} {name(nr):>17}  n {len(v):5d}  {median(v):5.1f}  {low_mean(v):5.1f}')
+    print('user time between calls (us, medians; means of the lower 90%):')
     for (tid, a, b), v in sorted(gap.items()):
         if len(v) >= n / 10:
-            print(f'  {tid:>7} {name(a):>10} -> {name(b):10}  n {len(v):5d}  {median(v):5.1f}')
+            print(f'  {tid:>7} {name(a):>10} -> {name(b):10}  n {len(v):5d}  {median(v):5.1f}  {low_mean(v):5.1f}')
 
 
 def timeline(path, tids_a, tids_b):

@@ -8,6 +8,7 @@
 //! ([`dataplane`]).
 
 pub mod cli;
+pub mod clock;
 pub mod coalesce;
 pub mod control;
 pub mod core;
