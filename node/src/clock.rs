@@ -152,6 +152,16 @@ mod tests {
                 reads: Cell::new(0),
             }
         }
+        /// A fake and an extrapolator that has read it twice, a span apart,
+        /// so it knows the rate (1 s over 3e9 ticks).
+        fn with_rate() -> (Self, Extrapolator) {
+            let f = Self::new();
+            let mut x = Extrapolator::default();
+            f.read(&mut x);
+            f.advance(SPAN);
+            f.read(&mut x);
+            (f, x)
+        }
         fn advance(&self, d: Duration) {
             self.ns.set(self.ns.get() + d.as_nanos() as u64);
         }
@@ -185,11 +195,7 @@ mod tests {
 
     #[test]
     fn extrapolates_within_a_span_and_reanchors_after_it() {
-        let f = Fake::new();
-        let mut x = Extrapolator::default();
-        f.read(&mut x);
-        f.advance(SPAN);
-        f.read(&mut x); // the rate: 1 s over 3e9 ticks
+        let (f, mut x) = Fake::with_rate();
         let reads = f.reads.get();
         for _ in 0..99 {
             f.advance(Duration::from_millis(10));
@@ -206,11 +212,7 @@ mod tests {
 
     #[test]
     fn a_counter_that_goes_backwards_falls_back_to_the_real_clock() {
-        let f = Fake::new();
-        let mut x = Extrapolator::default();
-        f.read(&mut x);
-        f.advance(SPAN);
-        f.read(&mut x);
+        let (f, mut x) = Fake::with_rate();
         f.advance(Duration::from_millis(5));
         let before = f.reads.get();
         let t = x.now(5, || f.real()); // far below the anchor's ticks
@@ -221,11 +223,7 @@ mod tests {
 
     #[test]
     fn readings_never_go_backwards() {
-        let f = Fake::new();
-        let mut x = Extrapolator::default();
-        f.read(&mut x);
-        f.advance(SPAN);
-        f.read(&mut x);
+        let (f, mut x) = Fake::with_rate();
         // Just inside the span the extrapolation runs ahead of a real clock
         // that then reads earlier (a rate error): the reading holds.
         let ahead = x.now(f.ticks() + 2_999_999_999, || f.real());
