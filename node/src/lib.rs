@@ -8,7 +8,6 @@
 //! ([`dataplane`]).
 
 pub mod cli;
-pub mod clock;
 pub mod coalesce;
 pub mod control;
 pub mod core;
