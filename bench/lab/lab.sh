@@ -14,6 +14,8 @@
 #   lab.sh coldmem          coldmem.c: what one cache line costs after a
 #                           10 ms idle gap, on a page the TLB still maps or
 #                           on a fresh one, 4 KiB or 2 MiB pages (gcc)
+#   lab.sh coldclock        coldclock.c: what one clock_gettime costs 10 ms
+#                           after the last, against one at once (gcc)
 #   lab.sh coldsend [R]     R runs (3) of coldsend.c on the bare veth: the
 #                           cost of one UDP send 10 ms after the last, from
 #                           a connected and an unconnected socket (gcc)
@@ -109,6 +111,12 @@ coldmem() {
     "$LAB/coldmem"
 }
 
+coldclock() {
+    mkdir -p "$LAB"
+    gcc -O2 -Wall -o "$LAB/coldclock" "$HERE/coldclock.c"
+    "$LAB/coldclock"
+}
+
 coldsend() {
     local bin=$LAB/coldsend rx i
     down
@@ -135,6 +143,7 @@ case $cmd in
     rtt) rtt "$@" ;;
     ab) ab "$@" ;;
     coldmem) coldmem ;;
+    coldclock) coldclock ;;
     coldsend) coldsend "$@" ;;
-    *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
