@@ -451,17 +451,21 @@ impl Node {
 
     /// [`Node::handle_udp`] for a datagram read alone (interactive
     /// traffic): when it is a data message whose packet is for the TUN
-    /// device, the packet is left in `out` and its length returned, for
-    /// the caller to write at once; anything else is queued as
-    /// `handle_udp` queues it (see [`Node::handle_tun_lone`] for why).
+    /// device, the packet is left in `out` after `headroom` bytes and its
+    /// length returned, for the caller to write at once; anything else is
+    /// queued as `handle_udp` queues it (see [`Node::handle_tun_lone`] for
+    /// why). The headroom is the driver's: room to put its own frame
+    /// header (the TUN's virtio header) in front of the packet, so that
+    /// header and packet go out in one plain `write`.
     pub fn handle_udp_lone(
         &mut self,
         now: Instant,
         from: SocketAddr,
         datagram: &[u8],
         out: &mut Vec<u8>,
+        headroom: usize,
     ) -> Option<usize> {
-        self.udp(now, from, datagram, Some(out))
+        self.udp(now, from, datagram, Some((out, headroom)))
     }
 
     fn udp(
@@ -469,7 +473,7 @@ impl Node {
         now: Instant,
         from: SocketAddr,
         datagram: &[u8],
-        lone: Option<&mut Vec<u8>>,
+        lone: Option<(&mut Vec<u8>, usize)>,
     ) -> Option<usize> {
         let slot = self.admit(from, datagram)?;
         let peer = self.peers.slot_mut(slot)?;
@@ -478,14 +482,15 @@ impl Node {
         // while it was being made (the responder's side of a handshake,
         // e.g. right after a peer rotated its key) leave at once.
         let flush_queue = msg_type == MSG_DATA && peer.tunnel.has_queued();
-        if let Some(out) = lone
+        if let Some((buf, headroom)) = lone
             && msg_type == MSG_DATA
             && !flush_queue
         {
-            let need = datagram.len().max(MIN_BUF);
-            if out.len() < need {
-                out.resize(need, 0);
+            let need = headroom + datagram.len().max(MIN_BUF);
+            if buf.len() < need {
+                buf.resize(need, 0);
             }
+            let out = &mut buf[headroom..];
             let r = peer.tunnel.decapsulate(now, Some(from.ip()), datagram, out);
             if !matches!(r, Output::Err(_)) {
                 Self::authenticated(&mut self.io, peer, from, msg_type);

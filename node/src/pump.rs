@@ -355,6 +355,8 @@ impl Pump {
                     || from_udp > BULK_BATCH
                     || (from_tun + from_udp > 0 && rate.batch(now()))
                 {
+                    // GRO first: the UDP thread reads batches.
+                    self.udp.set_gro(true);
                     self.lanes.to_busy();
                 }
                 // Light traffic: one packet per wakeup is the rule, so wait
@@ -462,7 +464,9 @@ impl Pump {
     /// stack's answer (something went to it; for a lone packet, one that
     /// may draw an answer). With `answer`, reads the TUN's answer after
     /// each such write (the TUN thread, which reads it next anyway, passes
-    /// false). Call with the UDP side locked.
+    /// false). Without it the reads are lone ones (see [`UdpIo::recv`]):
+    /// the TUN thread serves the sockets only while traffic is light. Call
+    /// with the UDP side locked.
     fn udp_once(
         &self,
         side: &mut Option<UdpSide>,
@@ -476,7 +480,7 @@ impl Pump {
         });
         let (mut datagrams, mut wrote) = (0, false);
         for i in (0..self.udp.sockets()).filter(|&i| ready.has(UDP + i as u32)) {
-            match self.udp.recv(rb, i) {
+            match self.udp.recv(rb, i, !answer) {
                 Ok(0) => continue,
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOTSOCK)) => {
@@ -494,7 +498,7 @@ impl Pump {
                 // the TUN device; the queues only when the core used them.
                 let (got, more) = {
                     let mut core = self.shared.lock();
-                    let got = core.handle_udp_lone(now(), from, d, lone);
+                    let got = core.handle_udp_lone(now(), from, d, lone, TunIo::HEADROOM);
                     let more = core.has_output();
                     if more {
                         out.exchange(&mut core, &self.events);
@@ -502,12 +506,14 @@ impl Pump {
                     (got, more)
                 };
                 if let Some(len) = got {
-                    self.tun.send_lone(&mut lone[..len]);
+                    self.tun.send_lone(&mut lone[..TunIo::HEADROOM + len]);
                 }
                 // Whether to read the local stack's answer at once: not
                 // after an echo reply or a UDP datagram (see
                 // `packet::may_draw_answer`).
-                let answerable = got.is_some_and(|len| may_draw_answer(&lone[..len]));
+                let answerable = got.is_some_and(|len| {
+                    may_draw_answer(&lone[TunIo::HEADROOM..TunIo::HEADROOM + len])
+                });
                 (more && out.flush(&self.udp, &self.tun)) || answerable
             } else {
                 {
@@ -527,6 +533,22 @@ impl Pump {
         Ok((datagrams, wrote))
     }
 
+    /// Before going idle, where the TUN thread reads datagrams one by one
+    /// without control data: turns GRO off, true if the sockets are still
+    /// empty then. Else GRO goes back on and the lanes stay busy: what
+    /// came may be a train the kernel coalesced, which only a batch read
+    /// with GRO on can cut apart (with GRO off the kernel reports no
+    /// segment size). Trains arriving after the switch are split by the
+    /// kernel as they are queued.
+    fn quiet_without_gro(&self) -> io::Result<bool> {
+        self.udp.set_gro(false);
+        if self.lanes.udp_set.wait(Duration::ZERO)?.is_empty() {
+            return Ok(true);
+        }
+        self.udp.set_gro(true);
+        Ok(false)
+    }
+
     /// UDP -> core (admit, decrypt, filter) -> TUN, while busy.
     fn udp_loop(&self) -> io::Result<()> {
         let mut ready = Ready::ALL;
@@ -543,7 +565,7 @@ impl Pump {
                 .lanes
                 .udp_set
                 .wait(if n > 0 { Duration::ZERO } else { IDLE_AFTER })?;
-            if n == 0 && ready.is_empty() {
+            if n == 0 && ready.is_empty() && self.quiet_without_gro()? {
                 self.lanes.to_idle();
                 ready = Ready::ALL;
             }

@@ -69,7 +69,12 @@ pub struct UdpIo {
     /// Dual-stack IPv6 socket: IPv4 peers are addressed as v4-mapped.
     v6: bool,
     gso: AtomicBool,
+    /// The kernel takes `UDP_GRO` on these sockets ...
     gro: bool,
+    /// ... and it is on now (see [`UdpIo::set_gro`]). Written under the
+    /// `peers` lock, with the sockets' option, so that a peer socket made
+    /// meanwhile gets the same.
+    gro_on: AtomicBool,
     /// Socket `i` (0: the listening one, then the peer sockets) by index,
     /// read without a lock; -1 past the last.
     fds: [AtomicI32; 1 + MAX_PEER_SOCKETS],
@@ -94,12 +99,15 @@ struct PeerSockets {
 }
 
 impl UdpIo {
-    /// Takes a bound socket, makes it non-blocking and turns on GRO and GSO
-    /// where the kernel has them.
+    /// Takes a bound socket, makes it non-blocking and turns on GSO where
+    /// the kernel has it; GRO, where the kernel has it, is on while
+    /// [`UdpIo::set_gro`] says so (off at first).
     pub fn new(sock: UdpSocket, v6: bool, offload: bool) -> io::Result<Self> {
         sock.set_nonblocking(true)?;
         let fd = sock.as_raw_fd();
-        let gro = offload && setsockopt(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        let gro = offload
+            && setsockopt(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
+            && setsockopt(fd, libc::SOL_UDP, libc::UDP_GRO, 0).is_ok();
         let gso = offload && getsockopt(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok();
         tracing::debug!(gro, gso, "udp offloads");
         let fds = std::array::from_fn(|i| AtomicI32::new(if i == 0 { fd } else { -1 }));
@@ -109,6 +117,7 @@ impl UdpIo {
             v6,
             gso: AtomicBool::new(gso),
             gro,
+            gro_on: AtomicBool::new(false),
             fds,
             peers: Mutex::default(),
             demotions: AtomicU32::new(0),
@@ -161,7 +170,8 @@ impl UdpIo {
             }
             return None;
         }
-        let made = connected_socket(self.local, dst, self.gro).and_then(|fd| {
+        let gro = self.gro_on.load(Ordering::Acquire);
+        let made = connected_socket(self.local, dst, gro).and_then(|fd| {
             for set in sets {
                 set.add(fd.as_raw_fd(), token + i as u32)?;
             }
@@ -186,7 +196,45 @@ impl UdpIo {
         self.sock.local_addr()
     }
 
-    /// (GRO, GSO) as currently in use.
+    /// Turns GRO on or off on every socket (where the kernel has it).
+    ///
+    /// Why off at times: a socket with GRO may hold a train of coalesced
+    /// datagrams that only `recvmmsg`/`recvmsg` can cut apart (the segment
+    /// size comes as control data), while a lone datagram is read for less
+    /// with `recvfrom` (about a microsecond less kernel time per call after
+    /// an idle gap, twice per round trip). So GRO is on while traffic is
+    /// bulk (the batch path) and off while it is interactive (see
+    /// [`UdpIo::recv`]). Turning it off does not split a train already
+    /// queued, and the kernel then reports no segment size for it: the
+    /// caller turns it off only on empty sockets (and on again if they
+    /// were not, to read with a batch).
+    pub fn set_gro(&self, on: bool) {
+        if !self.gro {
+            return;
+        }
+        let p = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if on {
+            // First the flag: no lone read from here on ...
+            self.gro_on.store(true, Ordering::Release);
+        }
+        let fds = std::iter::once(self.sock.as_raw_fd()).chain(p.owned.iter().map(AsRawFd::as_raw_fd));
+        let mut failed = None;
+        for fd in fds {
+            if let Err(e) = setsockopt(fd, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on)) {
+                failed = Some(e);
+            }
+        }
+        match failed {
+            // ... and lone reads again only once no socket coalesces.
+            None if !on => self.gro_on.store(false, Ordering::Release),
+            None => {}
+            // GRO stays (or counts as) on: batch reads, correct either way.
+            Some(e) => tracing::debug!(on, error = %e, "udp gro switch"),
+        }
+    }
+
+    /// (GRO, GSO) as currently in use: GRO when the kernel has it (it is
+    /// on while traffic is bulk).
     pub fn offloads(&self) -> (bool, bool) {
         (self.gro, self.gso.load(Ordering::Relaxed))
     }
@@ -197,8 +245,9 @@ impl UdpIo {
 
     /// Reads what is queued on socket `index` (without waiting) into `b`;
     /// returns the number of messages, 0 when nothing was queued (or there
-    /// is no such socket).
-    pub fn recv(&self, b: &mut RecvBatch, index: usize) -> io::Result<usize> {
+    /// is no such socket). With `lone` (interactive traffic expected) and
+    /// GRO off, one datagram with a plain `recvfrom`; otherwise a batch.
+    pub fn recv(&self, b: &mut RecvBatch, index: usize, lone: bool) -> io::Result<usize> {
         let fd = self
             .fds
             .get(index)
@@ -207,17 +256,41 @@ impl UdpIo {
             return Ok(0);
         }
         b.prepare();
-        // SAFETY: every header points into `b`'s buffers, which outlive
-        // the call and are not moved during it; `fd` stays open as long as
-        // `self` (peer sockets are never closed before).
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                b.hdrs.as_mut_ptr(),
-                b.hdrs.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+        let n = if lone && !self.gro_on.load(Ordering::Acquire) {
+            let mut namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            let buf = &mut b.bufs[0];
+            // SAFETY: writes at most `buf.len()` bytes into `buf` and at
+            // most `namelen` into the address, both alive across the call;
+            // `fd` stays open as long as `self`.
+            let n = unsafe {
+                libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&mut b.names[0] as *mut libc::sockaddr_storage).cast(),
+                    &mut namelen,
+                )
+            };
+            if n >= 0 {
+                // As `recvmmsg` would leave it: the length, no control data.
+                b.hdrs[0].msg_len = n as libc::c_uint;
+                b.hdrs[0].msg_hdr.msg_controllen = 0;
+            }
+            if n >= 0 { 1 } else { -1 }
+        } else {
+            // SAFETY: every header points into `b`'s buffers, which outlive
+            // the call and are not moved during it; `fd` stays open as long
+            // as `self` (peer sockets are never closed before).
+            unsafe {
+                libc::recvmmsg(
+                    fd,
+                    b.hdrs.as_mut_ptr(),
+                    b.hdrs.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            }
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -806,7 +879,8 @@ fn with_sockaddr(
 }
 
 /// A peer socket: bound to `local` (the listening socket's address and
-/// port) and connected to `dst`, with GRO like the listening socket.
+/// port) and connected to `dst`, with GRO if `gro` (as the other sockets
+/// have it now).
 ///
 /// An IPv4 endpoint of a dual-stack listener (`[::]`) gets an IPv4 socket
 /// on `0.0.0.0` and the same port: a dual-stack socket connected to a
@@ -992,7 +1066,7 @@ mod tests {
         let mut rb = RecvBatch::new(&a);
         let mut got = Vec::new();
         for index in [1, 0] {
-            assert_eq!(a.recv(&mut rb, index).unwrap(), 1);
+            assert_eq!(a.recv(&mut rb, index, false).unwrap(), 1);
             rb.for_each(|from, d| got.push((index, from, d.to_vec())));
         }
         let stranger_addr = stranger.local_addr().unwrap();
@@ -1005,7 +1079,7 @@ mod tests {
         );
         a.send(&mut batch, [(stranger_addr, &b"reply"[..], false)]);
         assert_eq!(a.sockets(), 2, "no socket for an address not vouched for");
-        assert_eq!(a.recv(&mut rb, 7).unwrap(), 0, "no such socket");
+        assert_eq!(a.recv(&mut rb, 7, false).unwrap(), 0, "no such socket");
     }
 
     /// Behind a dual-stack listener (`[::]`, the node's default), an IPv4
@@ -1050,7 +1124,7 @@ mod tests {
             "on the peer socket: {ready:?}"
         );
         let mut rb = RecvBatch::new(&a);
-        assert_eq!(a.recv(&mut rb, 1).unwrap(), 1);
+        assert_eq!(a.recv(&mut rb, 1, false).unwrap(), 1);
         assert_eq!(
             rb.lone().map(|(f, d)| (f, d.to_vec())),
             Some((peer_addr, b"answer".to_vec()))
@@ -1140,6 +1214,7 @@ mod tests {
     #[test]
     fn reused_receive_headers_still_take_a_gro_train_after_a_lone_datagram() {
         let rx = loopback_io();
+        rx.set_gro(true);
         let (gro, _) = rx.offloads();
         let to = rx.local_addr().unwrap();
         let tx = UdpIo::new(UdpSocket::bind("127.0.0.1:0").unwrap(), false, true).unwrap();
@@ -1147,7 +1222,7 @@ mod tests {
         let mut rb = RecvBatch::new(&rx);
         let wait = |rb: &mut RecvBatch| {
             for _ in 0..500 {
-                if rx.recv(rb, 0).unwrap() > 0 {
+                if rx.recv(rb, 0, false).unwrap() > 0 {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -1169,6 +1244,71 @@ mod tests {
         let mut want = vec![b"lone".to_vec()];
         want.extend(train);
         assert_eq!(got, want, "GRO (on: {gro}) trains cut back into datagrams");
+    }
+
+    fn gro_of(fd: RawFd) -> libc::c_int {
+        getsockopt(fd, libc::SOL_UDP, libc::UDP_GRO).unwrap()
+    }
+
+    /// Lone reads take one whole datagram per call while GRO is off; a
+    /// train the socket coalesced while GRO was on is cut apart by a batch
+    /// read once GRO is back on; every socket, peer sockets made in either
+    /// state included, follows the switch.
+    #[test]
+    fn lone_reads_while_gro_is_off_and_a_train_from_before_needs_gro_back() {
+        let rx = watched_io();
+        let (gro, _) = rx.offloads();
+        let to = rx.local_addr().unwrap();
+        let tx = UdpIo::new(UdpSocket::bind("127.0.0.1:0").unwrap(), false, true).unwrap();
+        let mut batch = SendBatch::default();
+        let mut rb = RecvBatch::new(&rx);
+        // `lone` reads `want` datagrams; `single`: one per call.
+        let read = |rb: &mut RecvBatch, lone: bool, single: bool, want: usize| {
+            let mut got = Vec::new();
+            for _ in 0..500 {
+                if rx.recv(rb, 0, lone).unwrap() > 0 {
+                    assert!(!single || rb.lone().is_some(), "one datagram per read");
+                    rb.for_each(|_, d| got.push(d.to_vec()));
+                    if got.len() >= want {
+                        return got;
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            panic!("received {} of {want}", got.len());
+        };
+        let train: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1200]).collect();
+        // Off at first, on every socket (a peer socket made now too).
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.send_lone(&mut batch, peer.local_addr().unwrap(), b"hi", true);
+        let peer_fd = rx.fds[1].load(Ordering::Acquire);
+        assert!(peer_fd >= 0, "a peer socket");
+        assert_eq!((gro_of(rx.fd()), gro_of(peer_fd)), (0, 0));
+        rx.set_gro(true);
+        if gro {
+            assert_eq!((gro_of(rx.fd()), gro_of(peer_fd)), (1, 1));
+        }
+        // Queued while on (one coalesced train on loopback) ...
+        tx.send(&mut batch, train.iter().map(|p| (to, &p[..], false)));
+        std::thread::sleep(Duration::from_millis(50));
+        rx.set_gro(false);
+        assert_eq!((gro_of(rx.fd()), gro_of(peer_fd)), (0, 0));
+        // ... comes out as datagrams from a batch read with GRO back on
+        // (the pump's rule when the sockets are not empty at the switch).
+        rx.set_gro(true);
+        assert_eq!(read(&mut rb, false, false, 5), train);
+        rx.set_gro(false);
+        // Off: lone reads, a train sent now arrives as datagrams.
+        tx.send(&mut batch, [(to, &b"lone"[..], false)]);
+        tx.send(&mut batch, train.iter().map(|p| (to, &p[..], false)));
+        let mut want = vec![b"lone".to_vec()];
+        want.extend(train.iter().cloned());
+        assert_eq!(read(&mut rb, true, true, 6), want);
+        // A lone read with GRO on is a batch read: the train comes whole.
+        rx.set_gro(true);
+        tx.send(&mut batch, train.iter().map(|p| (to, &p[..], false)));
+        assert_eq!(read(&mut rb, true, false, 5), train);
     }
 
     /// A lone datagram takes the plain `sendto` path, a batch the `sendmmsg`

@@ -470,16 +470,16 @@ fn lone_calls_hand_back_the_packet_and_leave_the_queues_empty() {
     let mut plain = Vec::new();
     let m = s.nodes[a]
         .core
-        .handle_udp_lone(now, from, &out[..n], &mut plain)
+        .handle_udp_lone(now, from, &out[..n], &mut plain, 10)
         .expect("a packet");
-    assert_eq!(&plain[..m], &ping[..]);
+    assert_eq!(&plain[10..10 + m], &ping[..], "after the headroom");
     assert!(!s.nodes[a].core.has_output());
     // The same datagram again is a replay: nothing for the TUN, counted.
     let before = s.drops("api", DropReason::BadPacket);
     assert_eq!(
         s.nodes[a]
             .core
-            .handle_udp_lone(now, from, &out[..n], &mut plain),
+            .handle_udp_lone(now, from, &out[..n], &mut plain, 0),
         None
     );
     assert_eq!(s.drops("api", DropReason::BadPacket), before + 1);

@@ -131,12 +131,15 @@ impl Sim {
         if !self.lone {
             return self.nodes[i].core.handle_udp(now, from, payload);
         }
+        // Room in front, as the driver keeps for the TUN's virtio header.
+        const HEADROOM: usize = 12;
         let mut out = Vec::new();
         if let Some(n) = self.nodes[i]
             .core
-            .handle_udp_lone(now, from, payload, &mut out)
+            .handle_udp_lone(now, from, payload, &mut out, HEADROOM)
         {
-            out.truncate(n);
+            out.truncate(HEADROOM + n);
+            out.drain(..HEADROOM);
             self.tun_write(i, out);
         }
     }
