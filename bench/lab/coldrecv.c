@@ -6,18 +6,22 @@
  *                      one 128-byte datagram is sent to it, GAP_US asleep,
  *                      then its receive call is timed
  *
- * The receivers (each its own connected IPv4 socket, UDP_GRO on where
- * named), alternating within a round so that the host's drift falls on
- * all alike:
- *   recvfrom           into a buffer on the stack (boringtun-cli's way)
- *   recvmmsg spread    8 headers, their iovecs, addresses and control
- *                      buffers each in an allocation of its own, 64 KiB
- *                      data buffers (segmesh-node's receive batch)
- *   recvmmsg packed    the same 8 headers, iovecs, addresses and control
- *                      buffers in one 4 KiB page that also holds the start
- *                      of the first data buffer
- *   recvmsg packed     one header, the same page layout
- *   recvmmsg no GRO    spread, on a socket without UDP_GRO
+ * The receivers, each its own connected IPv4 socket (with UDP_GRO unless
+ * said otherwise), alternating within a round so that the host's drift
+ * falls on all alike:
+ *   recvfrom (stack buffer)   no address, no GRO (boringtun-cli's way)
+ *   recvmmsg, spread headers  8 headers, their iovecs, addresses and
+ *                             control buffers each in an allocation of its
+ *                             own, 64 KiB data buffers (segmesh-node's
+ *                             receive batch)
+ *   recvmmsg, packed headers  the same 8 in one page that also holds the
+ *                             start of the first data buffer
+ *   recvmsg, packed header    the first of those headers alone
+ *   recvmmsg, spread, no GRO  the spread batch on a socket without GRO
+ *   recvfrom, with address    into a stack buffer, the sender's address
+ *                             too, no GRO (the call of segmesh-node's
+ *                             lone read, which reads into its batch buffer)
+ *   recvmsg, spread header    the first spread header alone
  * Why: the kernel reads the headers and writes the address, the control
  * data and the datagram into user memory; after an idle gap each distinct
  * line (and page) it touches is a cache (and TLB) miss, counted as system

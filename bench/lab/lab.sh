@@ -14,6 +14,10 @@
 #   lab.sh coldmem          coldmem.c: what one cache line costs after a
 #                           10 ms idle gap, on a page the TLB still maps or
 #                           on a fresh one, 4 KiB or 2 MiB pages (gcc)
+#   lab.sh coldrecv [R]     R runs (3) of coldrecv.c: what receiving one
+#                           queued datagram costs 10 ms after the last
+#                           call, by system call (recvfrom, recvmsg,
+#                           recvmmsg) and header layout (gcc)
 #   lab.sh coldclock        coldclock.c: what one clock_gettime costs 10 ms
 #                           after the last, against one at once (gcc)
 #   lab.sh coldsend [R]     R runs (3) of coldsend.c on the bare veth: the
@@ -111,6 +115,16 @@ coldmem() {
     "$LAB/coldmem"
 }
 
+coldrecv() {
+    local i
+    mkdir -p "$LAB"
+    gcc -O2 -Wall -o "$LAB/coldrecv" "$HERE/coldrecv.c"
+    for i in $(seq 1 "${1:-3}"); do
+        echo "run $i"
+        "$LAB/coldrecv" 10000
+    done
+}
+
 coldclock() {
     mkdir -p "$LAB"
     gcc -O2 -Wall -o "$LAB/coldclock" "$HERE/coldclock.c"
@@ -144,6 +158,7 @@ case $cmd in
     ab) ab "$@" ;;
     coldmem) coldmem ;;
     coldclock) coldclock ;;
+    coldrecv) coldrecv "$@" ;;
     coldsend) coldsend "$@" ;;
-    *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
