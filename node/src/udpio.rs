@@ -217,7 +217,8 @@ impl UdpIo {
             // First the flag: no lone read from here on ...
             self.gro_on.store(true, Ordering::Release);
         }
-        let fds = std::iter::once(self.sock.as_raw_fd()).chain(p.owned.iter().map(AsRawFd::as_raw_fd));
+        let fds =
+            std::iter::once(self.sock.as_raw_fd()).chain(p.owned.iter().map(AsRawFd::as_raw_fd));
         let mut failed = None;
         for fd in fds {
             if let Err(e) = setsockopt(fd, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on)) {
