@@ -18,17 +18,13 @@
 #include <unistd.h>
 #include <x86intrin.h>
 
-enum { ROUNDS = 300 };
+#include "lab.h"
 
-static int cmp(const void *a, const void *b)
-{
-    unsigned long x = *(const unsigned long *)a, y = *(const unsigned long *)b;
-    return x < y ? -1 : x > y;
-}
+enum { ROUNDS = 300 };
 
 static void measure(clockid_t clock, const char *name)
 {
-    static unsigned long cold[ROUNDS], warm[ROUNDS];
+    static uint64_t cold[ROUNDS], warm[ROUNDS];
     struct timespec ts;
     unsigned int aux;
     for (int i = 0; i < ROUNDS; i++) {
@@ -41,8 +37,8 @@ static void measure(clockid_t clock, const char *name)
         cold[i] = t1 - t0;
         warm[i] = t2 - t1;
     }
-    qsort(cold, ROUNDS, sizeof cold[0], cmp);
-    qsort(warm, ROUNDS, sizeof warm[0], cmp);
+    qsort(cold, ROUNDS, sizeof cold[0], by_value);
+    qsort(warm, ROUNDS, sizeof warm[0], by_value);
     printf("%-24s cold p50 %5lu p90 %5lu cycles, warm p50 %4lu\n", name,
            cold[ROUNDS / 2], cold[ROUNDS * 9 / 10], warm[ROUNDS / 2]);
 }

@@ -26,20 +26,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lab.h"
+
 enum { ROUNDS = 400, REGION = 8 << 20, HUGE = 2 << 20 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-static int by_value(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* Links n slots `stride` bytes apart into one cycle in random order. */
 static void **chain(char *base, int n, size_t stride)

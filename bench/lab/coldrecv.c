@@ -39,27 +39,13 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "lab.h"
+
 #ifndef UDP_GRO
 #define UDP_GRO 104
 #endif
 
 enum { ROUNDS = 600, KINDS = 7, BATCH = 8, BUF = 65536 };
-
-static uint64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-static int by_value(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void die(const char *what) {
-    perror(what);
-    exit(1);
-}
 
 /* The headers of one batch and where they point. */
 struct batch {
