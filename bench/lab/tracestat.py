@@ -9,7 +9,8 @@ mean of its lower 90%, which resolves differences below the trace's 1 us.
 timeline TRACE TIDS_A TIDS_B: per ping (ping's sendto to its recvmsg), the
 time between the legs through node A (TIDS_A, comma-separated) and node B:
 A's thread running, A's sendto, B's thread running, B's TUN write and its
-return, B's sendto, A's thread again, A's TUN write, ping's reply.
+return, B's sendto, A's thread again, A's TUN write, ping's reply; and where B's
+thread was woken (on the vCPU that woke it, or on the other one).
 """
 import collections
 import re
@@ -99,6 +100,28 @@ def timeline(path, tids_a, tids_b):
             continue
         if cur is None:
             continue
+        # A thread runs from its first event of its own, or from a switch
+        # into it: after a wakeup on a halted vCPU the trace records no
+        # switch from the idle task, only the thread's next system call.
+        running = set()
+        if ev == 'sched_switch':
+            running.add(switch_pids(rest)[1])
+        elif ev not in ('sched_waking', 'sched_migrate_task'):
+            running.add(tid)
+        if running & a and 'A runs' not in cur:
+            cur['A runs'] = ts
+        if running & b and 'A sendto' in cur and 'B runs' not in cur:
+            cur['B runs'] = ts
+        if running & a and 'B sendto' in cur and 'A runs again' not in cur:
+            cur['A runs again'] = ts
+        if ev == 'sched_waking' and 'A sendto' in cur and 'B runs' not in cur:
+            woken = int(re.search(r' pid=(\d+)', rest).group(1))
+            if woken in b:
+                cur['B waker cpu'] = cpu
+                cur['B cpu'] = int(re.search(r'target_cpu=(\d+)', rest).group(1))
+        elif ev == 'sched_migrate_task' and 'B waker cpu' in cur and 'B runs' not in cur:
+            if int(re.search(r' pid=(\d+)', rest).group(1)) in b:
+                cur['B cpu'] = int(re.search(r'dest_cpu=(\d+)', rest).group(1))
         if ev == 'sys_enter':
             if tid in a and nr == SENDTO and 'A sendto' not in cur:
                 cur['A sendto'] = ts
@@ -113,17 +136,10 @@ def timeline(path, tids_a, tids_b):
                 cur['ping reply'] = ts
             if tid in b and nr in (WRITE, WRITEV) and 'B tun write' in cur and 'B tun written' not in cur:
                 cur['B tun written'] = ts
-        elif ev == 'sched_switch':
-            _, nxt = switch_pids(rest)
-            if nxt in a and 'A runs' not in cur:
-                cur['A runs'] = ts
-            elif nxt in b and 'A sendto' in cur and 'B runs' not in cur:
-                cur['B runs'] = ts
-            elif nxt in a and 'B sendto' in cur and 'A runs again' not in cur:
-                cur['A runs again'] = ts
     order = ['ping sendto', 'A runs', 'A sendto', 'B runs', 'B tun write', 'B tun written',
              'B sendto', 'A runs again', 'A tun write', 'ping reply']
     legs = collections.defaultdict(list)
+    placed = collections.defaultdict(list)
     for p in pings:
         if 'ping reply' not in p:
             continue
@@ -133,10 +149,16 @@ def timeline(path, tids_a, tids_b):
                 legs[f'{prev} -> {k}'].append(p[k] - p[prev])
                 prev = k
         legs['round trip'].append(p['ping reply'] - p['ping sendto'])
+        if 'B waker cpu' in p and 'A sendto' in p and 'B runs' in p:
+            where = 'waker\'s vCPU' if p['B cpu'] == p['B waker cpu'] else 'other vCPU'
+            placed[where].append((p['B runs'] - p['A sendto'], p['ping reply'] - p['ping sendto']))
     print(f'{len(legs["round trip"])} of {len(pings)} pings complete; medians in us:')
     for k, v in legs.items():
         if len(v) >= len(pings) / 10:
             print(f'  {k:34s} n {len(v):4d}  {median(v):6.1f}')
+    print("B's thread woken on (A sendto -> B runs, round trip; medians in us):")
+    for where, v in sorted(placed.items()):
+        print(f'  {where:14s} n {len(v):4d}  {median([x for x, _ in v]):6.1f}  {median([y for _, y in v]):6.1f}')
 
 
 if __name__ == '__main__':

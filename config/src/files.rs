@@ -125,9 +125,19 @@ pub struct NodeConfig {
     /// kernels or sandboxes that refuse them, and to measure what they buy.
     #[serde(default = "default_offload")]
     pub offload: bool,
+    /// While the machine has CPU to spare (default on), the packet threads
+    /// do not preempt the program that woke them (`SCHED_BATCH`), which on
+    /// a VM keeps the next wakeup off a halted vCPU; when the CPUs are
+    /// busy they preempt again. Off keeps the kernel's default throughout.
+    #[serde(default = "default_polite_wakeups")]
+    pub polite_wakeups: bool,
 }
 
 fn default_offload() -> bool {
+    true
+}
+
+fn default_polite_wakeups() -> bool {
     true
 }
 
@@ -181,7 +191,7 @@ mod tests {
         assert_eq!(c.private_key_file, Path::new("/etc/segmesh/wg.key"));
         assert_eq!(c.netmap_file, Path::new("/var/lib/segmesh/netmap.json"));
         assert!(c.listen_address.is_none() && c.flow_log.is_none() && c.control_socket.is_none());
-        assert!(c.offload);
+        assert!(c.offload && c.polite_wakeups);
     }
 
     #[test]
@@ -197,10 +207,11 @@ flow_log = "flows.jsonl"
 control_socket = "/run/x.sock"
 threads = 1
 offload = false
+polite_wakeups = false
 "#,
         )
         .unwrap();
-        assert!(!c.offload);
+        assert!(!c.offload && !c.polite_wakeups);
         assert_eq!(c.interface.as_str(), "sm1");
         assert_eq!(c.listen_address, Some("10.0.0.1".parse().unwrap()));
         assert_eq!(c.flow_log, Some(PathBuf::from("/etc/segmesh/flows.jsonl")));

@@ -264,6 +264,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tun_side: Arc::default(),
         udp_side: Arc::default(),
         lanes: Arc::new(lanes),
+        polite: cfg.polite_wakeups,
     };
     let mut threads = Vec::new();
     for (handle, done) in span

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod control;
 pub mod core;
+pub mod courtesy;
 pub mod craft;
 pub mod ctlsock;
 pub mod dataplane;

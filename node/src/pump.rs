@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{Event, Node, Transmit};
+use crate::courtesy::Courteous;
 use crate::dataplane::Shared;
 use crate::packet::may_draw_answer;
 use crate::tunio::{TunIo, TunRead, TunWrite};
@@ -135,6 +136,8 @@ pub(crate) struct Pump {
     /// The UDP read side, likewise (the TUN thread reads UDP while idle).
     pub(crate) udp_side: Arc<Mutex<Option<UdpSide>>>,
     pub(crate) lanes: Arc<Lanes>,
+    /// node.toml `polite_wakeups` (see [`crate::courtesy`]).
+    pub(crate) polite: bool,
 }
 
 /// Scratch space of the TUN -> UDP direction (made by the first reader).
@@ -334,6 +337,7 @@ impl Pump {
     /// UDP -> core -> TUN.
     fn tun_loop(&self) -> io::Result<()> {
         let mut rate = Rate::default();
+        let mut courtesy = Courteous::new(self.polite);
         let (mut tun_ready, mut udp_ready) = (true, Ready::ALL);
         while !self.stopped() {
             let busy = self.lanes.busy();
@@ -367,6 +371,9 @@ impl Pump {
             }
             udp_ready = Ready::default();
             if !tun_ready {
+                if from_tun + from_udp > 0 {
+                    courtesy.after_work(now());
+                }
                 (tun_ready, udp_ready) = self.tun_wait(self.lanes.busy())?;
             }
         }
@@ -552,6 +559,7 @@ impl Pump {
     /// UDP -> core (admit, decrypt, filter) -> TUN, while busy.
     fn udp_loop(&self) -> io::Result<()> {
         let mut ready = Ready::ALL;
+        let mut courtesy = Courteous::new(self.polite);
         while !self.stopped() {
             if !self.lanes.busy() {
                 self.lanes.park(STOP_CHECK, &self.stop);
@@ -559,6 +567,9 @@ impl Pump {
                 continue;
             }
             let (n, _) = self.udp_once(&mut lock(&self.udp_side), true, ready)?;
+            if n > 0 {
+                courtesy.after_work(now());
+            }
             // Which sockets have more: at once while datagrams flow (every
             // ready socket gets its turn), else after waiting.
             ready = self
