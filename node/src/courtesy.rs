@@ -198,7 +198,7 @@ fn idle_ticks(text: &str) -> Option<u64> {
         return None;
     }
     let v: Vec<u64> = f.take(5).map(str::parse).collect::<Result<_, _>>().ok()?;
-    Some(v.get(3)?.checked_add(*v.get(4)?)?)
+    v.get(3)?.checked_add(*v.get(4)?)
 }
 
 /// Sets the calling thread's policy.
