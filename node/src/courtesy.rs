@@ -222,9 +222,14 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    #[allow(clippy::disallowed_methods)] // a test is its own driver
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
     #[test]
     fn spare_cpu_defers_busy_cpus_preempt_with_a_band_between() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let mut c = Courtesy::new();
         assert!(c.due(t0));
         // The first sample only starts the window.
@@ -248,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_counter_going_backwards_or_no_time_passing_is_harmless() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let mut c = Courtesy::new();
         c.sample(t0, 10 * S);
         assert_eq!(c.sample(t0 + S, 12 * S), Some(Policy::Defer));
@@ -292,7 +297,7 @@ mod tests {
     #[test]
     fn the_thread_runs_under_the_policy_it_decided() {
         std::thread::spawn(|| {
-            let t0 = Instant::now();
+            let t0 = t0();
             let mut c = Courteous::new(true);
             for i in 0..3 {
                 c.after_work(t0 + i * S);
@@ -312,8 +317,8 @@ mod tests {
     #[test]
     fn off_does_nothing() {
         let mut c = Courteous::new(false);
-        c.after_work(Instant::now());
-        c.after_work(Instant::now() + 2 * S);
+        c.after_work(t0());
+        c.after_work(t0() + 2 * S);
         assert_eq!(c.policy(), Policy::Preempt);
         assert!(c.stat.is_none());
     }
