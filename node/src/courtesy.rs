@@ -29,12 +29,40 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
+impl Policy {
+    /// The kernel's name for it, as `chrt -p` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Preempt => "SCHED_OTHER",
+            Policy::Defer => "SCHED_BATCH",
+        }
+    }
+}
+
+/// A thread's policy as `status` reads it (true: deferring).
+pub type Published = Arc<AtomicBool>;
+
+/// Reads a [`Published`] policy.
+pub fn published(p: &Published) -> Policy {
+    if p.load(Ordering::Relaxed) {
+        Policy::Defer
+    } else {
+        Policy::Preempt
+    }
+}
+
 /// How a packet thread is scheduled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// `SCHED_OTHER`, the default: a woken thread may preempt.
+    #[default]
     Preempt,
     /// `SCHED_BATCH`: a woken thread waits for the running task to sleep
     /// or use up its slice.
@@ -115,12 +143,14 @@ pub struct Courteous {
     stat: Option<File>,
     /// `USER_HZ`, the unit of `/proc/stat`.
     hz: u64,
+    /// Where `status` reads the policy in force.
+    publish: Published,
 }
 
 impl Courteous {
     /// With `enabled` false (node.toml `polite_wakeups = false`) the thread
     /// keeps the kernel's default and [`Courteous::after_work`] does nothing.
-    pub fn new(enabled: bool) -> Self {
+    pub fn new(enabled: bool, publish: Published) -> Self {
         let stat = enabled.then(|| File::open("/proc/stat")).and_then(|r| {
             r.map_err(|e| tracing::info!(error = %e, "/proc/stat: packet threads keep preempting"))
                 .ok()
@@ -131,6 +161,7 @@ impl Courteous {
             decide: Courtesy::new(),
             stat,
             hz: u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100),
+            publish,
         }
     }
 
@@ -156,9 +187,12 @@ impl Courteous {
         };
         if let Some(p) = change {
             match apply(p) {
-                Ok(()) => tracing::debug!(policy = ?p, "packet thread scheduling"),
+                Ok(()) => {
+                    self.publish.store(p == Policy::Defer, Ordering::Relaxed);
+                    tracing::debug!(policy = p.as_str(), "packet thread scheduling");
+                }
                 Err(e) => {
-                    tracing::info!(error = %e, policy = ?p, "sched_setscheduler: packet threads keep preempting");
+                    tracing::info!(error = %e, policy = p.as_str(), "sched_setscheduler: packet threads keep preempting");
                     self.off();
                 }
             }
@@ -170,6 +204,7 @@ impl Courteous {
         if self.decide.policy() != Policy::Preempt {
             let _ = apply(Policy::Preempt);
         }
+        self.publish.store(false, Ordering::Relaxed);
         self.decide = Courtesy::new();
     }
 }
@@ -298,9 +333,11 @@ mod tests {
     fn the_thread_runs_under_the_policy_it_decided() {
         std::thread::spawn(|| {
             let t0 = t0();
-            let mut c = Courteous::new(true);
+            let seen = Published::default();
+            let mut c = Courteous::new(true, seen.clone());
             for i in 0..3 {
                 c.after_work(t0 + i * S);
+                assert_eq!(published(&seen), c.policy());
                 let want = match c.policy() {
                     Policy::Preempt => libc::SCHED_OTHER,
                     Policy::Defer => libc::SCHED_BATCH,
@@ -316,7 +353,7 @@ mod tests {
 
     #[test]
     fn off_does_nothing() {
-        let mut c = Courteous::new(false);
+        let mut c = Courteous::new(false, Published::default());
         c.after_work(t0());
         c.after_work(t0() + 2 * S);
         assert_eq!(c.policy(), Policy::Preempt);

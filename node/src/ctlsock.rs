@@ -233,6 +233,7 @@ mod tests {
                 writes: 3,
                 packets_written: 4,
             },
+            threads: Default::default(),
         }
     }
 

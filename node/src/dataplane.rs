@@ -25,9 +25,10 @@ use tracing::Instrument as _;
 
 use crate::control::PlaneCommand;
 use crate::core::{ApplyError, Event, Node};
+use crate::courtesy::{Published, published};
 use crate::flowlog::{FlowLog, FlowLogLimits};
 use crate::pump::{Lanes, Outputs, Pump};
-use crate::status::{NodeStatus, PeerStatus, StatusSource};
+use crate::status::{NodeStatus, PeerStatus, StatusSource, ThreadPolicies};
 use crate::tunio::TunIo;
 use crate::udpio::{self, UdpIo};
 use crate::{ctlsock, tundev, uapi, unixsock};
@@ -85,6 +86,8 @@ pub(crate) struct Shared {
     /// or timer turn (the handshakes that follow a key rotation).
     wake: tokio::sync::Notify,
     tun: Arc<TunIo>,
+    /// The packet threads' scheduling policies (TUN, UDP).
+    policies: [Published; 2],
 }
 
 impl Shared {
@@ -125,6 +128,10 @@ impl StatusSource for Shared {
                 .collect(),
             drops: st.drops,
             tun: self.tun.counters(),
+            threads: ThreadPolicies {
+                tun: published(&self.policies[0]),
+                udp: published(&self.policies[1]),
+            },
         }
     }
 }
@@ -213,6 +220,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         anchor: (t0, wall_ms()),
         wake: tokio::sync::Notify::new(),
         tun: tun.clone(),
+        policies: Default::default(),
     });
     // The UAPI socket first: the control socket appearing is what tools
     // (and the tests) take as "the node is up", so it comes last.
@@ -265,6 +273,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         udp_side: Arc::default(),
         lanes: Arc::new(lanes),
         polite: cfg.polite_wakeups,
+        policies: shared.policies.clone(),
     };
     let mut threads = Vec::new();
     for (handle, done) in span

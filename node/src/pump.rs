@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{Event, Node, Transmit};
-use crate::courtesy::Courteous;
+use crate::courtesy::{Courteous, Published};
 use crate::dataplane::Shared;
 use crate::packet::may_draw_answer;
 use crate::tunio::{TunIo, TunRead, TunWrite};
@@ -138,6 +138,8 @@ pub(crate) struct Pump {
     pub(crate) lanes: Arc<Lanes>,
     /// node.toml `polite_wakeups` (see [`crate::courtesy`]).
     pub(crate) polite: bool,
+    /// Each thread's policy for `status`: the TUN thread's, the UDP thread's.
+    pub(crate) policies: [Published; 2],
 }
 
 /// Scratch space of the TUN -> UDP direction (made by the first reader).
@@ -337,7 +339,7 @@ impl Pump {
     /// UDP -> core -> TUN.
     fn tun_loop(&self) -> io::Result<()> {
         let mut rate = Rate::default();
-        let mut courtesy = Courteous::new(self.polite);
+        let mut courtesy = Courteous::new(self.polite, self.policies[0].clone());
         let (mut tun_ready, mut udp_ready) = (true, Ready::ALL);
         while !self.stopped() {
             let busy = self.lanes.busy();
@@ -559,7 +561,7 @@ impl Pump {
     /// UDP -> core (admit, decrypt, filter) -> TUN, while busy.
     fn udp_loop(&self) -> io::Result<()> {
         let mut ready = Ready::ALL;
-        let mut courtesy = Courteous::new(self.polite);
+        let mut courtesy = Courteous::new(self.polite, self.policies[1].clone());
         while !self.stopped() {
             if !self.lanes.busy() {
                 self.lanes.park(STOP_CHECK, &self.stop);

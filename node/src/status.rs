@@ -8,6 +8,8 @@ use ipnet::IpNet;
 use segmesh_config::{NodeName, PublicKey};
 use serde::{Deserialize, Serialize};
 
+pub use crate::courtesy::Policy;
+
 /// Why a packet was dropped. Every drop is counted under exactly one reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -118,6 +120,16 @@ pub struct NodeStatus {
     /// per call shows whether the offloads work (1 means they do not).
     #[serde(default)]
     pub tun: TunCounters,
+    /// How each packet thread is scheduled now (node.toml `polite_wakeups`).
+    #[serde(default)]
+    pub threads: ThreadPolicies,
+}
+
+/// The packet threads' scheduling policies (see `courtesy.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadPolicies {
+    pub tun: Policy,
+    pub udp: Policy,
 }
 
 /// TUN device I/O since start. A read returns one super-packet (split into

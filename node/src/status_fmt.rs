@@ -103,6 +103,12 @@ pub fn format_status(s: &NodeStatus, now_unix_ms: u64) -> String {
         "tun:   {} packets in {} reads, {} packets in {} writes",
         t.packets_read, t.reads, t.packets_written, t.writes
     );
+    let _ = writeln!(
+        out,
+        "sched: tun thread {}, udp thread {}",
+        s.threads.tun.as_str(),
+        s.threads.udp.as_str()
+    );
     out
 }
 
@@ -173,7 +179,7 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{DropCounters, PeerStatus, TunCounters};
+    use crate::status::{DropCounters, PeerStatus, Policy, ThreadPolicies, TunCounters};
     use segmesh_config::PublicKey;
 
     #[test]
@@ -233,6 +239,10 @@ mod tests {
                 writes: 4,
                 packets_written: 160,
             },
+            threads: ThreadPolicies {
+                tun: Policy::Defer,
+                udp: Policy::Preempt,
+            },
         };
         let out = format_status(&s, 100_000);
         let k8 = &key.to_string()[..8];
@@ -250,6 +260,10 @@ mod tests {
         );
         assert!(
             out.contains("tun:   450 packets in 10 reads, 160 packets in 4 writes"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sched: tun thread SCHED_BATCH, udp thread SCHED_OTHER"),
             "{out}"
         );
         for line in out.lines() {

@@ -174,6 +174,7 @@ mod tests {
             ],
             drops: DropCounters::default(),
             tun: TunCounters::default(),
+            threads: Default::default(),
         }
     }
 

@@ -62,6 +62,7 @@ fn fixture(interface: &str) -> NodeStatus {
         ],
         drops: DropCounters::default(),
         tun: TunCounters::default(),
+        threads: Default::default(),
     }
 }
 
