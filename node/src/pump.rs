@@ -340,6 +340,7 @@ impl Pump {
     fn tun_loop(&self) -> io::Result<()> {
         let mut rate = Rate::default();
         let mut courtesy = Courteous::new(self.polite, self.policies[0].clone());
+        let mut moved = false;
         let (mut tun_ready, mut udp_ready) = (true, Ready::ALL);
         while !self.stopped() {
             let busy = self.lanes.busy();
@@ -372,10 +373,15 @@ impl Pump {
                 tun_ready = wrote;
             }
             udp_ready = Ready::default();
+            // The scheduling policy: while busy after every batch (the
+            // device may not run dry for minutes); while idle just before
+            // waiting, never between a write and the read of its answer.
+            moved |= from_tun + from_udp > 0;
+            if moved && (busy || !tun_ready) {
+                courtesy.after_work(now());
+                moved = false;
+            }
             if !tun_ready {
-                if from_tun + from_udp > 0 {
-                    courtesy.after_work(now());
-                }
                 (tun_ready, udp_ready) = self.tun_wait(self.lanes.busy())?;
             }
         }
