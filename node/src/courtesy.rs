@@ -35,6 +35,18 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// How a packet thread is scheduled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// `SCHED_OTHER`, the default: a woken thread may preempt.
+    #[default]
+    Preempt,
+    /// `SCHED_BATCH`: a woken thread waits for the running task to sleep
+    /// or use up its slice.
+    Defer,
+}
+
 impl Policy {
     /// The kernel's name for it, as `chrt -p` shows it.
     pub fn as_str(self) -> &'static str {
@@ -55,18 +67,6 @@ pub fn published(p: &Published) -> Policy {
     } else {
         Policy::Preempt
     }
-}
-
-/// How a packet thread is scheduled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Policy {
-    /// `SCHED_OTHER`, the default: a woken thread may preempt.
-    #[default]
-    Preempt,
-    /// `SCHED_BATCH`: a woken thread waits for the running task to sleep
-    /// or use up its slice.
-    Defer,
 }
 
 /// Samples at most this often.
